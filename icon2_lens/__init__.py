@@ -1,0 +1,65 @@
+"""icon2-lens: preference directions from a model's own residual stream, on TransformerLens.
+
+Example:
+    >>> from icon2_lens import DirectionSet, ExtractConfig, get_criteria
+    >>> [c.name for c in get_criteria()]
+    ['general', 'helpfulness', 'honesty', 'harmlessness']
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .chat import render_chat
+from .collect import collect_resid
+from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria, load_criteria_file
+from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
+from .directions import METHODS, DirectionSet, fit_direction, fit_directions
+from .extract import (
+    ContrastActivations,
+    CriterionResult,
+    ExtractConfig,
+    ExtractionResult,
+    contrast_activations,
+    extract_criterion,
+    run_extraction,
+)
+from .hooks import normalize_layers, resid_hook_name
+from .instructions import load_instructions, read_instruction_file
+from .io import load_direction_set, save_direction_set
+from .models import load_model, model_fingerprint
+
+try:
+    __version__ = version("icon2-lens")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BUILTIN_CRITERIA",
+    "METHODS",
+    "ContrastActivations",
+    "Criterion",
+    "CriterionResult",
+    "DirectionSet",
+    "ExtractConfig",
+    "ExtractionResult",
+    "collect_resid",
+    "contrast_activations",
+    "criterion_cosines",
+    "extract_criterion",
+    "fit_direction",
+    "fit_directions",
+    "get_criteria",
+    "layer_cosines",
+    "layer_table",
+    "load_criteria_file",
+    "load_direction_set",
+    "load_instructions",
+    "load_model",
+    "model_fingerprint",
+    "normalize_layers",
+    "read_instruction_file",
+    "recommend_interval",
+    "render_chat",
+    "resid_hook_name",
+    "run_extraction",
+    "save_direction_set",
+]

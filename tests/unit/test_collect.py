@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from icon2_lens.chat import render_chat
+from icon2_lens.collect import collect_resid
+
+QUESTIONS = ["what is a cat ?", "why", "tell me a short story about the dog and the bird please",
+             "write a poem", "how do i fix my code bug ?"]
+
+
+def _texts(model, system="you are helpful"):
+    return [render_chat(model.tokenizer, q, system=system) for q in QUESTIONS]
+
+
+def test_matches_hf_hidden_states_oracle(tiny):
+    texts = _texts(tiny)
+    acts = collect_resid(tiny, texts, layers=[0, 1], batch_size=2, progress=False)
+    hf = tiny.original_model
+    for i, text in enumerate(texts):
+        enc = tiny.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            hs = hf(**enc, output_hidden_states=True).hidden_states
+        for j, layer in enumerate([0, 1]):
+            # hidden_states[l + 1] is the output of block l (the last one gets HF's final norm)
+            assert torch.allclose(acts[i, j], hs[layer + 1][0, -1], atol=1e-5)
+
+
+def test_matches_run_with_cache_on_every_site(tiny):
+    texts = _texts(tiny)[:2]
+    for site in ("resid_pre", "resid_mid", "resid_post"):
+        acts = collect_resid(tiny, texts, site=site, progress=False)
+        for i, text in enumerate(texts):
+            enc = tiny.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            names = [f"blocks.{layer}.hook_{site}" for layer in range(tiny.cfg.n_layers)]
+            _, cache = tiny.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"], names_filter=names)
+            for layer, name in enumerate(names):
+                assert torch.allclose(acts[i, layer], cache[name][0, -1], atol=1e-5), (site, layer)
+
+
+def test_padding_invariance(tiny):
+    texts = _texts(tiny)
+    batched = collect_resid(tiny, texts, batch_size=len(texts), progress=False)
+    single = torch.cat([collect_resid(tiny, [t], progress=False) for t in texts])
+    assert (batched - single).abs().max() < 1e-5
+
+
+def test_order_and_dtype(tiny):
+    texts = _texts(tiny)
+    a = collect_resid(tiny, texts, batch_size=2, progress=False)
+    b = collect_resid(tiny, texts[::-1], batch_size=3, progress=False)
+    assert a.dtype == torch.float32 and a.device.type == "cpu"
+    assert a.shape == (len(texts), tiny.cfg.n_layers, tiny.cfg.d_model)
+    assert (a - b.flip(0)).abs().max() < 1e-5
+
+
+def test_negative_layers(tiny):
+    texts = _texts(tiny)[:2]
+    a = collect_resid(tiny, texts, layers=[-1], progress=False)
+    b = collect_resid(tiny, texts, layers=[tiny.cfg.n_layers - 1], progress=False)
+    assert torch.equal(a, b)
+
+
+def test_bad_inputs(tiny):
+    texts = _texts(tiny)[:1]
+    with pytest.raises(ValueError, match="out of range"):
+        collect_resid(tiny, texts, layers=[tiny.cfg.n_layers], progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        collect_resid(tiny, texts, layers=[-tiny.cfg.n_layers - 1], progress=False)
+    with pytest.raises(ValueError, match="unknown site"):
+        collect_resid(tiny, texts, site="resid_mlp", progress=False)
+    with pytest.raises(ValueError, match="at least one instruction"):
+        collect_resid(tiny, [], progress=False)
+    long_text = render_chat(tiny.tokenizer, " ".join(["cat"] * (tiny.cfg.n_ctx + 5)))
+    with pytest.raises(ValueError, match="context"):
+        collect_resid(tiny, [long_text], progress=False)
+
+
+def test_hooks_removed_after_exception(tiny, monkeypatch):
+    import icon2_lens.collect as collect
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(collect, "tokenize_prompts", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        collect_resid(tiny, _texts(tiny)[:1], progress=False)
+    assert not any(hp.fwd_hooks for hp in tiny.hook_dict.values())

@@ -1,0 +1,78 @@
+
+import pytest
+
+from icon2_lens.criteria import Criterion
+from icon2_lens.extract import ExtractConfig, ExtractionResult, extract_criterion
+from icon2_lens.viz import (
+    plot_criterion_cosines,
+    plot_layer_cosines,
+    plot_layer_selection,
+    plot_projection_hist,
+    plot_scatter,
+    plot_summary,
+    write_figures,
+)
+
+TRAIN = ["what is a cat ?", "write a poem about the dog", "how do i save money ?", "tell me a story"]
+HELD = ["write a short email", "what is a bird ?"]
+
+
+@pytest.fixture
+def result(tiny):
+    cfg = ExtractConfig(method="pca_symmetric", n_instructions=4, n_heldout=2)
+    out = ExtractionResult(config=cfg)
+    for name, pos, neg in (("kind", "you are kind", "you are rude"), ("honest", "you are honest", "you are a liar")):
+        crit = Criterion(name=name, positive=pos, negative=neg)
+        out.results[name] = extract_criterion(tiny, crit, config=cfg, train=TRAIN, heldout=HELD, progress=False)
+    return out
+
+
+def test_figures_have_expected_traces(result, tiny):
+    res = result.results["kind"]
+    fig = plot_layer_selection(res.table, res.interval)
+    assert len(fig.data) == 4 and fig.layout.xaxis.title.text == "layer"
+    assert any("recommended" in (a.text or "") for a in fig.layout.annotations)
+    assert len(plot_scatter(res, layer=1).data) == 4
+    assert plot_scatter(res, layer=1, axes="pca").layout.xaxis.title.text == "PC1 of the activations"
+    with pytest.raises(ValueError, match="axes"):
+        plot_scatter(res, layer=1, axes="tsne")
+    assert len(plot_projection_hist(res, layer=1).data) == 2
+    heat = plot_layer_cosines(res.directions)
+    assert heat.data[0].z.shape == (tiny.cfg.n_layers, tiny.cfg.n_layers)
+    cos = plot_criterion_cosines(result.criterion_cosines())
+    assert len(cos.layout.sliders[0].steps) == tiny.cfg.n_layers
+    assert len(plot_summary(result).data) == 4  # 2 criteria x 2 panels
+
+
+def test_cosine_heatmap_diagonal_is_one(result):
+    z = plot_layer_cosines(result.results["kind"].directions).data[0].z
+    assert all(abs(z[i][i] - 1) < 1e-5 for i in range(len(z)))
+
+
+def test_write_html_and_png_offline(result, tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    # PNG export must not need the network (kaleido drives a local Chromium)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    res = result.results["kind"]
+    paths = write_figures({"sel": plot_layer_selection(res.table, res.interval)}, tmp_path)
+    png = tmp_path / "sel.png"
+    assert png in paths and (tmp_path / "sel.html").is_file()
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000  # pages work offline
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_png_failure_names_the_fix(result, tmp_path, monkeypatch):
+    import plotly.io as pio
+
+    def fail(*a, **k):
+        raise RuntimeError("no chrome")
+
+    monkeypatch.setattr(pio, "write_images", fail)
+    res = result.results["kind"]
+    with pytest.raises(RuntimeError, match="install.sh"):
+        write_figures({"sel": plot_layer_selection(res.table, res.interval)}, tmp_path)
+    assert (tmp_path / "sel.html").is_file()  # the HTML written before the failure is kept
