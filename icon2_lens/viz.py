@@ -104,9 +104,15 @@ def plot_summary(result: Any, *, template: str = "plotly_white") -> "go.Figure":
                                      showlegend=c == 1, line={"color": color}, mode="lines+markers",
                                      hovertext=t["hook_name"]), row=1, col=c)
         lo, hi = res.interval
-        fig.add_vrect(x0=lo - 0.5, x1=hi + 0.5, fillcolor=color, opacity=0.06, line_width=0, row=1, col=1)
-    fig.update_layout(template=template, title="Layer selection, all criteria (shaded: recommended intervals)",
-                      height=420, width=1000)
+        # each criterion's recommended interval as a bar under the curves
+        y = -0.04 - 0.035 * i
+        fig.add_trace(go.Scatter(x=[lo - 0.4, hi + 0.4], y=[y, y], mode="lines", line={"color": color, "width": 7},
+                                 legendgroup=name, showlegend=False,
+                                 hovertext=f"{name}: recommended {lo}–{hi}", hoverinfo="text"), row=1, col=1)
+    n = len(result.results)
+    fig.update_yaxes(range=[-0.06 - 0.035 * n, 1.02], row=1, col=1)
+    fig.update_layout(template=template, height=440, width=1100,
+                      title="Layer selection, all criteria (bars: recommended intervals)")
     fig.update_xaxes(title_text="layer")
     return fig
 
@@ -232,7 +238,11 @@ def write_figures(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: b
 
         paths = [folder / f"{name}.png" for name in figs]
         try:
-            pio.write_images(list(figs.values()), paths, scale=scale)
+            # kaleido ignores the layout's size unless it is passed explicitly
+            fig_list = list(figs.values())
+            pio.write_images(fig_list, paths, scale=scale,
+                             width=[f.layout.width or 800 for f in fig_list],
+                             height=[f.layout.height or 500 for f in fig_list])
         except Exception as e:
             raise RuntimeError(
                 f"PNG export failed ({type(e).__name__}: {e}). It needs kaleido>=1 and a local "

@@ -38,12 +38,16 @@ def test_save_load_against_model(honesty, smol, tmp_path):
     assert torch.equal(back.vectors, honesty.directions.vectors)
 
 
-def test_cli_extract_small(tmp_path):
-    out = tmp_path / "run"
+def _cli_extract(out, *extra):
     cmd = [sys.executable, "-m", "icon2_lens.cli", "extract", "--criteria", "harmlessness",
            "--n-instructions", "16", "--n-heldout", "8", "--layers", "8-20", "--out", str(out),
-           "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--no-progress", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_extract_small(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli_extract(out)
     assert proc.returncode == 0, proc.stderr
     assert "harmlessness" in proc.stdout and "interval" in proc.stdout
     assert (out / "harmlessness" / "directions.safetensors").is_file()
@@ -63,3 +67,11 @@ def test_cli_reports_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "icon2_lens.cli", "extract", "--layers", "40",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "out of range" in proc.stderr
+
+
+def test_cli_same_seed_bit_identical(tmp_path):
+    for name in ("a", "b"):
+        proc = _cli_extract(tmp_path / name, "--no-figures", "--seed", "3", "--method", "pca")
+        assert proc.returncode == 0, proc.stderr
+    for f in ("directions.safetensors", "cfg.json"):
+        assert (tmp_path / "a" / "harmlessness" / f).read_bytes() == (tmp_path / "b" / "harmlessness" / f).read_bytes()

@@ -40,7 +40,8 @@ def test_planted_layer_found():
     vecs = torch.nn.functional.normalize(diffs.mean(0), dim=-1)
     t = layer_table(_ds(vecs), pos[:20], neg[:20], pos[20:], neg[20:])
     assert recommend_interval(t, L) == (3, 5)
-    assert t.set_index("layer").heldout_single_acc[4] > 0.9
+    acc = t.set_index("layer").heldout_single_acc
+    assert acc[4] > 0.85 and acc[0] < 0.75
 
 
 def test_interval_rules():

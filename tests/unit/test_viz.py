@@ -41,7 +41,7 @@ def test_figures_have_expected_traces(result, tiny):
     assert heat.data[0].z.shape == (tiny.cfg.n_layers, tiny.cfg.n_layers)
     cos = plot_criterion_cosines(result.criterion_cosines())
     assert len(cos.layout.sliders[0].steps) == tiny.cfg.n_layers
-    assert len(plot_summary(result).data) == 4  # 2 criteria x 2 panels
+    assert len(plot_summary(result).data) == 6  # 2 criteria x (2 panels + interval bar)
 
 
 def test_cosine_heatmap_diagonal_is_one(result):
