@@ -57,8 +57,8 @@ def render_chat(
         return tokenizer.apply_chat_template(
             chat_messages(user, system), tokenize=False, add_generation_prompt=add_generation_prompt
         )
-    except Exception:  # jinja raises TemplateError("System role not supported") and the like
-        if system is None:
+    except Exception as e:  # jinja's TemplateError("System role not supported") and the like
+        if system is None or "system" not in str(e).lower():
             raise
         return tokenizer.apply_chat_template(
             chat_messages(f"{system}\n\n{user}"),
@@ -85,15 +85,24 @@ def tokenize_prompts(
     """
     if len(texts) == 0:
         raise ValueError("no prompts to tokenize: pass at least one instruction")
-    enc = tokenizer(
-        list(texts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-    )
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    if max_len is not None and ids.shape[1] > max_len:
-        lengths = mask.sum(dim=1)
-        i = int(torch.argmax(lengths))
-        raise ValueError(
-            f"prompt {i} is {int(lengths[i])} tokens long but the model's context is {max_len} "
-            f"tokens; shorten it (it starts {texts[i][:60]!r}) or drop it"
-        )
+    rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if max_len is not None:
+        for i, row in enumerate(rows):
+            if len(row) > max_len:
+                raise ValueError(
+                    f"prompt {i} is {len(row)} tokens long but the model's context is {max_len} "
+                    f"tokens; shorten it (it starts {texts[i][:60]!r}) or drop it"
+                )
+    # Pad by hand so a tokenizer without a pad token works too (the padded positions are masked
+    # out, so the id used does not matter).
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
     return ids, mask

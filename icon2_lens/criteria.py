@@ -17,11 +17,10 @@ Example:
 """
 
 import json
+import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import tomllib
 
 __all__ = ["Criterion", "BUILTIN_CRITERIA", "get_criteria", "load_criteria_file"]
 

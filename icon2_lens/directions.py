@@ -212,7 +212,7 @@ class DirectionSet:
         return [resid_hook_name(layer, self.site) for layer in self.layers]
 
     def index(self, layer_or_hook: int | str) -> int:
-        """Row of ``vectors`` for a layer index (negatives from the end of ``layers``) or hook name."""
+        """Row of ``vectors`` for a block index held by this set, or for its hook name."""
         if isinstance(layer_or_hook, str):
             names = self.hook_names
             if layer_or_hook not in names:

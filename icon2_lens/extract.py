@@ -185,6 +185,9 @@ def _select_instructions(config: ExtractConfig, train: Sequence[str] | None,
         raise ValueError("the held-out instruction list is empty: pass at least one instruction")
 
     def sample(items: list[str], n: int, salt: int) -> list[str]:
+        if n > len(items):
+            logger.warning("asked for %d instructions but only %d are available; using all %d",
+                           n, len(items), len(items))
         if n >= len(items):
             return items
         keep = sorted(random.Random(config.seed * 1_000_003 + salt).sample(range(len(items)), n))
@@ -293,18 +296,30 @@ def run_extraction(
     return result
 
 
+def _comparable(extract_config: dict[str, Any]) -> dict[str, Any]:
+    """Settings that change the results (the batch size does not)."""
+    return {k: v for k, v in extract_config.items() if k != "batch_size"}
+
+
 def _load_finished(model, criterion, done: Path, config, train, heldout) -> CriterionResult | None:
-    ds = load_direction_set(done, model=model)
+    try:
+        ds = load_direction_set(done, model=model)
+    except ValueError as e:
+        raise ValueError(
+            f"{done} holds '{criterion.name}' directions that do not fit this run ({e}); "
+            "choose another output directory or delete that folder"
+        ) from e
     train_i, held_i = _select_instructions(config, train, heldout)
     want = {
         "model_fingerprint": model_fingerprint(model),
-        "extract_config": {**asdict(config), "layers": normalize_layers(config.layers, model.cfg.n_layers)},
+        "extract_config": _comparable(
+            {**asdict(config), "layers": normalize_layers(config.layers, model.cfg.n_layers)}),
         "instructions_sha256": _digest(train_i),
         "heldout_sha256": _digest(held_i),
         "criterion_prompts": criterion.to_dict(),
     }
     have = _settings_key(dict(ds.meta))
-    have["extract_config"] = dict(have["extract_config"] or {})
+    have["extract_config"] = _comparable(dict(have["extract_config"] or {}))
     if have["extract_config"].get("layers") is not None:
         have["extract_config"]["layers"] = list(have["extract_config"]["layers"])
     if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
@@ -319,7 +334,7 @@ def _load_finished(model, criterion, done: Path, config, train, heldout) -> Crit
 def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bool) -> None:
     res.directions.save(done)
     if figures:
-        from .viz import plot_layer_selection, plot_projection_hist, plot_scatter, write_figures
+        from .viz import plot_layer_selection, plot_projection_hist, plot_scatter
 
         acts = res.activations
         lo, hi = res.interval
@@ -329,13 +344,24 @@ def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bo
             mid = (lo + hi) // 2
             figs[f"{res.directions.criterion}_scatter_layer{mid}"] = plot_scatter(res, layer=mid)
             figs[f"{res.directions.criterion}_projections_layer{layer}"] = plot_projection_hist(res, layer=layer)
-        write_figures(figs, done.parent / "figures", png=png)
+        _write_figures_or_warn(figs, done.parent / "figures", png=png)
     # Written last: its presence marks the criterion as finished.
     cos = layer_cosines(res.directions)
     write_json({"interval": list(res.interval), "summary": res.summary(),
                 "layers": res.table.to_dict(orient="records"),
                 "layer_cosines": {"layers": list(res.directions.layers), "matrix": cos.values.round(6).tolist()}},
                done / "diagnostics.json")
+
+
+def _write_figures_or_warn(figs: dict, folder: Path, *, png: bool) -> None:
+    """Write figures; if PNG export fails, keep the HTML and warn instead of losing the run."""
+    from .viz import write_figures
+
+    try:
+        write_figures(figs, folder, png=png)
+    except RuntimeError as e:
+        logger.warning("%s — wrote HTML figures only", e)
+        write_figures(figs, folder, png=False)
 
 
 def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True) -> None:
@@ -353,10 +379,10 @@ def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = Tr
         out_dir / "diagnostics.json",
     )
     if figures:
-        from .viz import plot_criterion_cosines, plot_layer_cosines, plot_summary, write_figures
+        from .viz import plot_criterion_cosines, plot_layer_cosines, plot_summary
 
         figs = {"layer_selection_all": plot_summary(result)}
         figs["criterion_cosines"] = plot_criterion_cosines(cos)
         for name, res in result.results.items():
             figs[f"{name}_layer_cosines"] = plot_layer_cosines(res.directions)
-        write_figures(figs, out_dir / "figures", png=png)
+        _write_figures_or_warn(figs, out_dir / "figures", png=png)

@@ -16,6 +16,7 @@ Example:
 
 import json
 import logging
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,27 @@ WEIGHTS_FILE = "directions.safetensors"
 CFG_FILE = "cfg.json"
 
 
+def _finite(obj: Any) -> Any:
+    """Replace NaN and infinities (not valid JSON) by ``None``, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (temporary file, then rename), sorted keys, UTF-8."""
+    """Write strict JSON atomically (temporary file, then rename), sorted keys, UTF-8.
+
+    NaN and infinite floats are written as ``null``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -134,13 +150,28 @@ def load_direction_set(
             f"{cfg_path} has format_version {cfg.get('format_version')!r}; this icon2_lens reads "
             f"version {FORMAT_VERSION}. Re-extract the directions with this version."
         )
+    missing = [k for k in ("site", "layers", "criterion", "method", "d_model") if k not in cfg]
+    if missing:
+        raise ValueError(f"{cfg_path} lacks {', '.join(missing)}; the file is incomplete or damaged")
     site, layers = cfg["site"], [int(x) for x in cfg["layers"]]
-    with safe_open(str(weights_path), framework="pt") as f:
-        keys = set(f.keys())
-        names = [resid_hook_name(layer, site) for layer in layers]
-        if keys != set(names):
-            raise ValueError(f"{weights_path} holds {sorted(keys)} but {CFG_FILE} lists {names}")
-        vectors = torch.stack([f.get_tensor(n).to(torch.float32) for n in names])
+    names = [resid_hook_name(layer, site) for layer in layers]
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            keys = set(f.keys())
+            header = f.metadata() or {}
+            if keys != set(names):
+                raise ValueError(f"{weights_path} holds {sorted(keys)} but {CFG_FILE} lists {names}")
+            vectors = torch.stack([f.get_tensor(n).to(torch.float32) for n in names])
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors raises its own error type on damaged files
+        raise ValueError(f"cannot read {weights_path}: {e}") from e
+    for key in ("criterion", "site", "method"):
+        if key in header and header[key] != str(cfg[key]):
+            raise ValueError(
+                f"{weights_path} says {key}={header[key]!r} but {CFG_FILE} says {cfg[key]!r}: "
+                "the two files come from different direction sets"
+            )
     if vectors.shape[1] != cfg["d_model"]:
         raise ValueError(f"{weights_path}: vectors have width {vectors.shape[1]}, cfg says {cfg['d_model']}")
     per_layer = cfg.get("per_layer", {})

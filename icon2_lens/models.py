@@ -79,7 +79,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 _SOURCES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], str]]" = weakref.WeakKeyDictionary()
 
 
 def cache_dir() -> Path:
@@ -255,16 +255,21 @@ def model_fingerprint(model: Any) -> str:
         >>> model_fingerprint(tiny_model(seed=0)) == model_fingerprint(tiny_model(seed=1))
         False
     """
-    if model in _FINGERPRINTS:
-        return _FINGERPRINTS[model]
     inner = getattr(model, "original_model", None) or model
+    params = sorted(inner.named_parameters(), key=lambda kv: kv[0])
+    # In-place updates bump a tensor's version counter, so a cached hash is reused only while
+    # no parameter has changed.
+    versions = tuple(p._version for _, p in params)
+    cached = _FINGERPRINTS.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
     h = hashlib.blake2b(digest_size=12)
-    for name, p in sorted(inner.named_parameters(), key=lambda kv: kv[0]):
+    for name, p in params:
         t = p.detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     fp = h.hexdigest()
-    _FINGERPRINTS[model] = fp
+    _FINGERPRINTS[model] = (versions, fp)
     return fp
 
 

@@ -217,6 +217,27 @@ def plot_criterion_cosines(cos: pd.DataFrame, *, template: str = "plotly_white")
     return fig
 
 
+def _export_png(figs: list, paths: list[Path], *, scale: float) -> None:
+    """Render figures to PNG with kaleido in one browser session, fully offline.
+
+    plotly.js comes from the installed plotly package; MathJax (kaleido would fetch it from a
+    CDN) is turned off, since no label here uses LaTeX. The layout's size is passed explicitly
+    because kaleido otherwise uses its default 700 x 500.
+    """
+    import kaleido
+
+    specs = [
+        {
+            "fig": fig.to_plotly_json(),
+            "path": path,
+            "opts": {"format": "png", "width": fig.layout.width or 800,
+                     "height": fig.layout.height or 500, "scale": scale},
+        }
+        for fig, path in zip(figs, paths)
+    ]
+    kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
+
+
 def write_figures(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: bool = True,
                   html: bool = True, scale: float = 1.5) -> list[Path]:
     """Write each figure as ``<name>.html`` (plotly.js in a shared ``plotly.min.js`` beside the
@@ -234,15 +255,9 @@ def write_figures(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: b
         fig.write_html(path, include_plotlyjs="directory", full_html=True)
         written.append(path)
     if png and figs:
-        import plotly.io as pio
-
         paths = [folder / f"{name}.png" for name in figs]
         try:
-            # kaleido ignores the layout's size unless it is passed explicitly
-            fig_list = list(figs.values())
-            pio.write_images(fig_list, paths, scale=scale,
-                             width=[f.layout.width or 800 for f in fig_list],
-                             height=[f.layout.height or 500 for f in fig_list])
+            _export_png(list(figs.values()), paths, scale=scale)
         except Exception as e:
             raise RuntimeError(
                 f"PNG export failed ({type(e).__name__}: {e}). It needs kaleido>=1 and a local "

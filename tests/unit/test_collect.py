@@ -85,3 +85,14 @@ def test_hooks_removed_after_exception(tiny, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         collect_resid(tiny, _texts(tiny)[:1], progress=False)
     assert not any(hp.fwd_hooks for hp in tiny.hook_dict.values())
+
+
+def test_tokenizer_without_pad_token(tiny):
+    texts = _texts(tiny)[:3]
+    expected = collect_resid(tiny, texts, batch_size=3, progress=False)
+    tiny.tokenizer.pad_token = None
+    try:
+        got = collect_resid(tiny, texts, batch_size=3, progress=False)
+    finally:
+        tiny.tokenizer.pad_token = "<pad>"
+    assert (got - expected).abs().max() < 1e-5

@@ -63,6 +63,10 @@ def test_outputs_and_resume(tmp_path, tiny, monkeypatch):
     assert calls == []
     assert again.summary().equals(run_extraction(tiny, crits, config=_cfg(), train=TRAIN, heldout=HELD,
                                                  figures=False, progress=False).summary())
+    # the batch size does not change results, so it does not block resuming
+    calls.clear()
+    run_extraction(tiny, crits, config=_cfg(batch_size=3), out=out, train=TRAIN, heldout=HELD, figures=False, progress=False)
+    assert calls == []
     # different settings in the same folder are refused, not silently mixed
     with pytest.raises(ValueError, match="different settings"):
         run_extraction(tiny, crits, config=_cfg(method="pca"), out=out, train=TRAIN, heldout=HELD,
@@ -91,3 +95,15 @@ def test_model_without_chat_template():
     base = tiny_model(tiny_tokenizer(chat_template=False))
     with pytest.raises(ValueError, match="no chat template"):
         extract_criterion(base, CRIT, config=_cfg(), train=TRAIN, heldout=HELD, progress=False)
+
+
+def test_png_failure_keeps_the_run(tmp_path, tiny, monkeypatch, caplog):
+    import kaleido
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", lambda *a, **k: (_ for _ in ()).throw(OSError("no browser")))
+    out = tmp_path / "run"
+    run_extraction(tiny, [CRIT], config=_cfg(), out=out, train=TRAIN, heldout=HELD, progress=False)
+    assert (out / "kind" / "diagnostics.json").is_file()
+    assert (out / "figures" / "kind_layer_selection.html").is_file()
+    assert not list((out / "figures").glob("*.png"))
+    assert "HTML figures only" in caplog.text

@@ -73,3 +73,36 @@ def test_model_checks(tmp_path, tiny):
     save_direction_set(_ds(layers=(0, 7)), tmp_path / "deep")
     with pytest.raises(ValueError, match="has layer 7"):
         load_direction_set(tmp_path / "deep", model=tiny)
+
+
+def test_json_has_no_nan(tmp_path):
+    from icon2_lens.io import write_json
+
+    write_json({"a": float("nan"), "b": [1.0, float("inf")]}, tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None]}
+
+
+def test_damaged_files_raise_value_error(tmp_path):
+    save_direction_set(_ds(), tmp_path)
+    (tmp_path / "directions.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_direction_set(tmp_path)
+    save_direction_set(_ds(), tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["layers"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="lacks layers"):
+        load_direction_set(tmp_path)
+
+
+def test_fingerprint_follows_weight_changes(tiny):
+    before = model_fingerprint(tiny)
+    assert model_fingerprint(tiny) == before
+    p = next(tiny.original_model.parameters())
+    with torch.no_grad():
+        p.add_(1.0)
+    try:
+        assert model_fingerprint(tiny) != before
+    finally:
+        with torch.no_grad():
+            p.sub_(1.0)

@@ -66,13 +66,36 @@ def test_write_html_and_png_offline(result, tmp_path, monkeypatch):
 
 
 def test_png_failure_names_the_fix(result, tmp_path, monkeypatch):
-    import plotly.io as pio
+    import kaleido
 
     def fail(*a, **k):
         raise RuntimeError("no chrome")
 
-    monkeypatch.setattr(pio, "write_images", fail)
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", fail)
     res = result.results["kind"]
     with pytest.raises(RuntimeError, match="install.sh"):
         write_figures({"sel": plot_layer_selection(res.table, res.interval)}, tmp_path)
     assert (tmp_path / "sel.html").is_file()  # the HTML written before the failure is kept
+
+
+def test_png_export_without_any_network(tmp_path):
+    """Render in a network namespace with no interfaces: Chromium gets no network at all."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
+        pytest.skip("cannot create a network namespace here (needs unshare and root)")
+    script = (
+        "import plotly.graph_objects as go, sys\n"
+        "from icon2_lens.viz import write_figures\n"
+        "f = go.Figure(go.Scatter(x=[1, 2, 3], y=[2, 1, 3])); f.update_layout(width=600, height=400)\n"
+        "write_figures({'x': f}, sys.argv[1], html=False)\n"
+    )
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", script, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    png = (tmp_path / "x.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # 600 x 400 layout at scale 1.5
+    assert int.from_bytes(png[16:20], "big") == 900 and int.from_bytes(png[20:24], "big") == 600
