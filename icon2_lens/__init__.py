@@ -26,6 +26,7 @@ from .hooks import normalize_layers, resid_hook_name
 from .instructions import load_instructions, read_instruction_file
 from .io import load_direction_set, save_direction_set
 from .models import load_model, model_fingerprint
+from .steer import SteeringSpec, make_steering_hooks, steer
 
 try:
     __version__ = version("icon2-lens")
@@ -62,4 +63,7 @@ __all__ = [
     "resid_hook_name",
     "run_extraction",
     "save_direction_set",
+    "SteeringSpec",
+    "make_steering_hooks",
+    "steer",
 ]

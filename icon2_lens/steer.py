@@ -1,0 +1,177 @@
+"""Steering: add ``γ · u_l`` to the residual stream at every layer ``l`` of an interval.
+
+Units of γ (``unit``):
+
+``relative`` (default)
+    γ is a fraction of the layer's mean last-token residual norm (``mean_resid_norm`` recorded at
+    extraction), so one γ means the same push at every depth: the residual norm grows about
+    25-fold from the first to the last block of the embedded model, and a unit vector scaled by a
+    raw 0.1 would be invisible in late layers and large in early ones.
+``absolute``
+    γ multiplies the unit vector as is (Icon²'s Eq. 4 read literally).
+
+Positions (``positions``):
+
+``all`` (default)
+    Every position of every forward call: the prompt and each generated token. Correct with and
+    without a KV cache, since every call steers whatever it computes.
+``generated``
+    Only the last prompt position (its output is the first generated token, which must be
+    steered too) and the positions after it. ``prompt_len`` is the (left-padded) prompt length;
+    a KV-cached step (one position per call after the first) is always steered, a full re-run
+    steers positions ``>= prompt_len - 1``.
+
+Example:
+    >>> import torch
+    >>> from icon2_lens.testing import tiny_model
+    >>> from icon2_lens.directions import DirectionSet
+    >>> model = tiny_model()
+    >>> ds = DirectionSet(criterion="toy", layers=(0, 1, 2), vectors=torch.eye(3, 16), method="mean_diff",
+    ...                   stats=tuple({"mean_resid_norm": 4.0} for _ in range(3)))
+    >>> ids = torch.tensor([[1, 5, 6, 7]])
+    >>> with steer(model, SteeringSpec(directions=ds, gamma=0.0)):
+    ...     zero = model(ids)
+    >>> torch.equal(zero, model(ids))
+    True
+"""
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ._types import LensModel
+from .directions import DirectionSet
+from .hooks import validate_hook_names
+
+__all__ = ["SteeringSpec", "make_steering_hooks", "steer", "UNITS", "POSITIONS"]
+
+UNITS: tuple[str, ...] = ("relative", "absolute")
+POSITIONS: tuple[str, ...] = ("all", "generated")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteeringSpec:
+    """One direction set applied with strength ``gamma`` at ``layers``.
+
+    Attributes:
+        directions: The criterion's unit directions.
+        gamma: Strength; a float, or one float per batch row (chosen and rejected rows of the same
+            batch can carry opposite signs).
+        layers: Layers to steer (must be in ``directions``); ``None`` for all of its layers.
+        unit: ``relative`` (γ × the layer's mean residual norm) or ``absolute``.
+        positions: ``all`` or ``generated`` (see the module docstring).
+        prompt_len: Prompt length in tokens, needed for ``positions="generated"``.
+    """
+
+    directions: DirectionSet
+    gamma: float | Sequence[float]
+    layers: Sequence[int] | None = None
+    unit: Literal["relative", "absolute"] = "relative"
+    positions: Literal["all", "generated"] = "all"
+    prompt_len: int | None = None
+
+    def __post_init__(self) -> None:
+        gammas = [self.gamma] if isinstance(self.gamma, (int, float)) else list(self.gamma)
+        if not gammas or not all(isinstance(g, (int, float)) and math.isfinite(g) for g in gammas):
+            raise ValueError(f"gamma must be finite number(s), got {self.gamma!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unknown unit {self.unit!r}; use one of {', '.join(UNITS)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; use one of {', '.join(POSITIONS)}")
+        if self.positions == "generated" and (self.prompt_len is None or self.prompt_len < 1):
+            raise ValueError("positions='generated' needs prompt_len (the prompt's length in tokens)")
+        if self.layers is not None:
+            missing = [layer for layer in self.layers if layer not in self.directions.layers]
+            if missing:
+                raise ValueError(
+                    f"layers {missing} are not in the {self.directions.criterion!r} direction set "
+                    f"(it holds {list(self.directions.layers)})"
+                )
+        if self.unit == "relative" and not self.directions.stats:
+            raise ValueError("unit='relative' needs per-layer mean_resid_norm statistics; use unit='absolute'")
+
+    def vectors(self) -> dict[str, Tensor]:
+        """Hook name -> ``scale · u`` (float32, without γ), for every steered layer."""
+        layers = list(self.layers) if self.layers is not None else list(self.directions.layers)
+        out = {}
+        for layer in layers:
+            j = self.directions.index(layer)
+            scale = float(self.directions.stats[j]["mean_resid_norm"]) if self.unit == "relative" else 1.0
+            out[self.directions.hook_names[j]] = self.directions.vectors[j] * scale
+        return out
+
+    def gamma_tensor(self) -> Tensor:
+        """γ as a ``[batch or 1, 1, 1]`` tensor."""
+        g = [self.gamma] if isinstance(self.gamma, (int, float)) else list(self.gamma)
+        return torch.tensor(g, dtype=torch.float32).view(-1, 1, 1)
+
+
+def _steering_hook(delta: Tensor, gamma: Tensor, positions: str, prompt_len: int | None) -> Callable:
+    state = {"calls": 0}
+
+    def hook(resid: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens passes `hook`
+        add = (gamma.to(resid.device, resid.dtype) * delta.to(resid.device, resid.dtype))
+        if add.shape[0] not in (1, resid.shape[0]):
+            raise ValueError(
+                f"{len(gamma)} per-row gammas for a batch of {resid.shape[0]}: pass one gamma per row"
+            )
+        first = state["calls"] == 0
+        state["calls"] += 1
+        if positions == "all" or (resid.shape[1] == 1 and not first):
+            return resid + add
+        start = max(0, prompt_len - 1)
+        mask = torch.zeros(resid.shape[1], 1, dtype=resid.dtype, device=resid.device)
+        mask[start:] = 1
+        return resid + add * mask
+
+    return hook
+
+
+def make_steering_hooks(
+    model: LensModel, specs: SteeringSpec | Sequence[SteeringSpec]
+) -> list[tuple[str, Callable]]:
+    """Build (without attaching) one hook per steered hook point; several specs may share points.
+
+    Raises:
+        ValueError: A direction set of another width, or layers outside the model.
+        KeyError: A hook name the model does not have.
+    """
+    specs = [specs] if isinstance(specs, SteeringSpec) else list(specs)
+    if not specs:
+        raise ValueError("no steering specs given")
+    hooks: list[tuple[str, Callable]] = []
+    for spec in specs:
+        ds = spec.directions
+        if ds.d_model != model.cfg.d_model:
+            raise ValueError(
+                f"the {ds.criterion!r} directions have width {ds.d_model} but the model's d_model is "
+                f"{model.cfg.d_model}: they come from another model"
+            )
+        if max(ds.layers) >= model.cfg.n_layers:
+            raise ValueError(
+                f"the {ds.criterion!r} directions include layer {max(ds.layers)} but the model has "
+                f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})"
+            )
+        vectors = spec.vectors()
+        validate_hook_names(model, vectors)
+        gamma = spec.gamma_tensor()
+        for name, delta in vectors.items():
+            hooks.append((name, _steering_hook(delta.view(1, 1, -1), gamma, spec.positions, spec.prompt_len)))
+    return hooks
+
+
+@contextmanager
+def steer(model: LensModel, *specs: SteeringSpec) -> Iterator[LensModel]:
+    """Context manager: the model steered by ``specs`` inside the block, untouched after it.
+
+    Hooks are built and validated before anything is attached, and removed on exit, also when
+    the block raises. The model's weights are never modified.
+    """
+    hooks = make_steering_hooks(model, list(specs))
+    with model.hooks(fwd_hooks=hooks):
+        yield model
