@@ -80,3 +80,11 @@ def test_second_embedded_model_gemma():
     with pytest.raises(ValueError, match="no chat template"):
         extract_criterion(model, get_criteria(["honesty"])[0], config=ExtractConfig(n_instructions=2, n_heldout=1),
                           progress=False)
+
+
+def test_user_turn_template_of_the_embedded_model(smol):
+    from icon2_lens.template import user_turn_template
+
+    t = user_turn_template(smol.tokenizer)
+    assert t.prefix.endswith("<|im_start|>user\n") and t.prefix.startswith("<|im_start|>system\n")
+    assert t.end_of_turn == "<|im_end|>\n"
