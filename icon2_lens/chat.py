@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._types import Message
 
-__all__ = ["require_chat_template", "chat_messages", "render_chat", "tokenize_prompts"]
+__all__ = ["require_chat_template", "chat_messages", "render_chat", "encode_prompts", "pad_left", "tokenize_prompts"]
 
 
 def require_chat_template(tokenizer) -> None:
@@ -67,6 +67,44 @@ def render_chat(
         )
 
 
+def encode_prompts(tokenizer, texts: Sequence[str], *, max_len: int | None = None) -> list[list[int]]:
+    """Token ids of rendered prompts, without added special tokens (the template holds them).
+
+    Raises:
+        ValueError: ``texts`` is empty, or a prompt is longer than ``max_len`` (the model's context).
+    """
+    if len(texts) == 0:
+        raise ValueError("no prompts to tokenize: pass at least one instruction")
+    rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if max_len is not None:
+        for i, row in enumerate(rows):
+            if len(row) > max_len:
+                raise ValueError(
+                    f"prompt {i} is {len(row)} tokens long but the model's context is {max_len} "
+                    f"tokens; shorten it (it starts {texts[i][:60]!r}) or drop it"
+                )
+    return rows
+
+
+def pad_left(tokenizer, rows: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Left-pad token id lists into ``(ids, attention_mask)``; the last real token ends each row.
+
+    Padding is done here rather than by the tokenizer so that one without a pad token works too
+    (padded positions are masked out, so the id used does not matter).
+    """
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def tokenize_prompts(
     tokenizer, texts: Sequence[str], *, max_len: int | None = None
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
@@ -83,26 +121,4 @@ def tokenize_prompts(
     Raises:
         ValueError: ``texts`` is empty, or a prompt is longer than ``max_len``.
     """
-    if len(texts) == 0:
-        raise ValueError("no prompts to tokenize: pass at least one instruction")
-    rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    if max_len is not None:
-        for i, row in enumerate(rows):
-            if len(row) > max_len:
-                raise ValueError(
-                    f"prompt {i} is {len(row)} tokens long but the model's context is {max_len} "
-                    f"tokens; shorten it (it starts {texts[i][:60]!r}) or drop it"
-                )
-    # Pad by hand so a tokenizer without a pad token works too (the padded positions are masked
-    # out, so the id used does not matter).
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
-    return ids, mask
+    return pad_left(tokenizer, encode_prompts(tokenizer, texts, max_len=max_len))

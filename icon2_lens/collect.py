@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._types import LensModel
-from .chat import tokenize_prompts
+from .chat import encode_prompts, pad_left
 from .hooks import check_site, normalize_layers, resid_hook_name, validate_hook_names
 
 __all__ = ["collect_resid"]
@@ -86,14 +86,8 @@ def collect_resid(
     tokenizer = model.tokenizer
     n_ctx = getattr(model.cfg, "n_ctx", None)
 
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    for i, n_tok in enumerate(lengths):
-        if n_ctx is not None and n_tok > n_ctx:
-            raise ValueError(
-                f"prompt {i} is {n_tok} tokens long but the model's context is {n_ctx} tokens; "
-                f"shorten it (it starts {texts[i][:60]!r}) or drop it"
-            )
-    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    encoded = encode_prompts(tokenizer, texts, max_len=n_ctx)  # tokenized once, checked against n_ctx
+    order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
     stop_at = layer_list[-1] + 1 if layer_list[-1] + 1 < n_layers else None
     out = torch.empty(len(texts), len(layer_list), model.cfg.d_model, dtype=torch.float32)
 
@@ -104,7 +98,7 @@ def collect_resid(
     device = getattr(model.cfg, "device", None) or "cpu"
     with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
         for k, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
-            ids, mask = tokenize_prompts(tokenizer, [texts[i] for i in batch])
+            ids, mask = pad_left(tokenizer, [encoded[i] for i in batch])
             rows["current"] = torch.tensor(batch)
             model(ids.to(device), attention_mask=mask.to(device), return_type=None, stop_at_layer=stop_at)
             if any(f != k + 1 for f in fired):

@@ -81,7 +81,7 @@ def test_hooks_removed_after_exception(tiny, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(collect, "tokenize_prompts", boom)
+    monkeypatch.setattr(collect, "pad_left", boom)
     with pytest.raises(RuntimeError, match="boom"):
         collect_resid(tiny, _texts(tiny)[:1], progress=False)
     assert not any(hp.fwd_hooks for hp in tiny.hook_dict.values())
