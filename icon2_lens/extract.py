@@ -281,11 +281,9 @@ def run_extraction(
     for criterion in criteria:
         done = out_dir / criterion.name if out_dir is not None else None
         if done is not None and (done / "diagnostics.json").is_file():
-            res = _load_finished(model, criterion, done, config, train, heldout)
-            if res is not None:
-                logger.info("%s: already extracted in %s, reusing", criterion.name, done)
-                result.results[criterion.name] = res
-                continue
+            result.results[criterion.name] = _load_finished(model, criterion, done, config, train, heldout)
+            logger.info("%s: already extracted in %s, reusing", criterion.name, done)
+            continue
         res = extract_criterion(model, criterion, config=config, train=train, heldout=heldout,
                                 progress=progress)
         result.results[criterion.name] = res
@@ -301,7 +299,7 @@ def _comparable(extract_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extract_config.items() if k != "batch_size"}
 
 
-def _load_finished(model, criterion, done: Path, config, train, heldout) -> CriterionResult | None:
+def _load_finished(model, criterion, done: Path, config, train, heldout) -> CriterionResult:
     try:
         ds = load_direction_set(done, model=model)
     except ValueError as e:
@@ -320,8 +318,7 @@ def _load_finished(model, criterion, done: Path, config, train, heldout) -> Crit
     }
     have = _settings_key(dict(ds.meta))
     have["extract_config"] = _comparable(dict(have["extract_config"] or {}))
-    if have["extract_config"].get("layers") is not None:
-        have["extract_config"]["layers"] = list(have["extract_config"]["layers"])
+    # compare through JSON so tuples and lists (as read back from cfg.json) count as equal
     if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
         raise ValueError(
             f"{done} already holds '{criterion.name}' directions extracted with different settings; "
