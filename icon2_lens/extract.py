@@ -223,19 +223,15 @@ def extract_criterion(
     pos_h, neg_h = contrast_activations(model, criterion, held_i, **kw)
     vectors, stats = fit_directions(pos, neg, config.method, center=config.center)
     meta = {
+        **_settings(model, criterion, config, train_i, held_i),
         "model_name": getattr(model.cfg, "model_name", type(model).__name__),
-        "model_fingerprint": model_fingerprint(model),
         "n_layers": int(model.cfg.n_layers),
-        "criterion_prompts": criterion.to_dict(),
         "centering": config.centering,
         "read_position": "last token of the chat prompt (after the assistant generation prompt)",
         "prompt_format": "criterion prompt as system message, instruction as user turn, chat template applied",
         "n_prompts": len(train_i),
         "n_heldout": len(held_i),
-        "instructions_sha256": _digest(train_i),
-        "heldout_sha256": _digest(held_i),
         "seed": config.seed,
-        "extract_config": {**asdict(config), "layers": layers},
         "versions": package_versions(),
     }
     ds = DirectionSet(criterion=criterion.name, layers=tuple(layers), vectors=vectors, site=config.site,
@@ -245,10 +241,20 @@ def extract_criterion(
     return CriterionResult(ds, table, interval, ContrastActivations(pos, neg, pos_h, neg_h))
 
 
-def _settings_key(ds_meta: dict[str, Any]) -> dict[str, Any]:
-    keys = ("model_fingerprint", "extract_config", "instructions_sha256", "heldout_sha256",
-            "criterion_prompts")
-    return {k: ds_meta.get(k) for k in keys}
+_SETTINGS_KEYS = ("model_fingerprint", "extract_config", "instructions_sha256", "heldout_sha256",
+                  "criterion_prompts")
+
+
+def _settings(model, criterion: Criterion, config: ExtractConfig, train_i: list[str],
+              held_i: list[str]) -> dict[str, Any]:
+    """The recorded settings that decide whether a finished criterion can be reused."""
+    return {
+        "model_fingerprint": model_fingerprint(model),
+        "extract_config": {**asdict(config), "layers": normalize_layers(config.layers, model.cfg.n_layers)},
+        "instructions_sha256": _digest(train_i),
+        "heldout_sha256": _digest(held_i),
+        "criterion_prompts": criterion.to_dict(),
+    }
 
 
 def run_extraction(
@@ -308,15 +314,9 @@ def _load_finished(model, criterion, done: Path, config, train, heldout) -> Crit
             "choose another output directory or delete that folder"
         ) from e
     train_i, held_i = _select_instructions(config, train, heldout)
-    want = {
-        "model_fingerprint": model_fingerprint(model),
-        "extract_config": _comparable(
-            {**asdict(config), "layers": normalize_layers(config.layers, model.cfg.n_layers)}),
-        "instructions_sha256": _digest(train_i),
-        "heldout_sha256": _digest(held_i),
-        "criterion_prompts": criterion.to_dict(),
-    }
-    have = _settings_key(dict(ds.meta))
+    want = _settings(model, criterion, config, train_i, held_i)
+    have = {k: ds.meta.get(k) for k in _SETTINGS_KEYS}
+    want["extract_config"] = _comparable(want["extract_config"])
     have["extract_config"] = _comparable(dict(have["extract_config"] or {}))
     # compare through JSON so tuples and lists (as read back from cfg.json) count as equal
     if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):

@@ -75,8 +75,11 @@ class SteeringSpec:
     positions: Literal["all", "generated"] = "all"
     prompt_len: int | None = None
 
+    def _gammas(self) -> list[float]:
+        return [self.gamma] if isinstance(self.gamma, (int, float)) else list(self.gamma)
+
     def __post_init__(self) -> None:
-        gammas = [self.gamma] if isinstance(self.gamma, (int, float)) else list(self.gamma)
+        gammas = self._gammas()
         if not gammas or not all(isinstance(g, (int, float)) and math.isfinite(g) for g in gammas):
             raise ValueError(f"gamma must be finite number(s), got {self.gamma!r}")
         if self.unit not in UNITS:
@@ -107,15 +110,17 @@ class SteeringSpec:
 
     def gamma_tensor(self) -> Tensor:
         """γ as a ``[batch or 1, 1, 1]`` tensor."""
-        g = [self.gamma] if isinstance(self.gamma, (int, float)) else list(self.gamma)
-        return torch.tensor(g, dtype=torch.float32).view(-1, 1, 1)
+        return torch.tensor(self._gammas(), dtype=torch.float32).view(-1, 1, 1)
 
 
 def _steering_hook(delta: Tensor, gamma: Tensor, positions: str, prompt_len: int | None) -> Callable:
-    state = {"calls": 0}
+    state: dict[str, Any] = {"calls": 0, "add": None}
 
     def hook(resid: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens passes `hook`
-        add = (gamma.to(resid.device, resid.dtype) * delta.to(resid.device, resid.dtype))
+        add = state["add"]
+        if add is None or add.device != resid.device or add.dtype != resid.dtype:
+            # built once per device/dtype, not on every generated token
+            add = state["add"] = gamma.to(resid.device, resid.dtype) * delta.to(resid.device, resid.dtype)
         if add.shape[0] not in (1, resid.shape[0]):
             raise ValueError(
                 f"{len(gamma)} per-row gammas for a batch of {resid.shape[0]}: pass one gamma per row"
