@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ._types import LensModel
 from .chat import encode_prompts, pad_left
+from .fast import FAST_SITES, block_modules, fast_twin, twin_residuals
 from .hooks import check_site, normalize_layers, resid_hook_name, validate_hook_names
 
 __all__ = ["collect_resid"]
@@ -50,6 +51,7 @@ def collect_resid(
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "caching residuals",
+    backend: str = "bridge",
 ) -> Float[Tensor, "n layer d_model"]:
     """Residual stream at the last token of each rendered prompt, at every chosen layer.
 
@@ -65,6 +67,9 @@ def collect_resid(
         batch_size: Prompts per forward pass.
         progress: Show a progress bar.
         desc: Progress-bar label.
+        backend: ``bridge`` (the bridge's hook points) or ``fast`` (the SDPA twin of
+            :mod:`icon2_lens.fast`, ≈ 10-20 % faster; same values up to float rounding; falls
+            back to the bridge for ``resid_mid`` or architectures it cannot mirror).
 
     Returns:
         Float32 CPU tensor ``[n, layer, d_model]`` in the order of ``texts`` and of the sorted
@@ -90,6 +95,19 @@ def collect_resid(
     order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
     stop_at = layer_list[-1] + 1 if layer_list[-1] + 1 < n_layers else None
     out = torch.empty(len(texts), len(layer_list), model.cfg.d_model, dtype=torch.float32)
+
+    if backend not in ("bridge", "fast"):
+        raise ValueError(f"unknown backend {backend!r}; use 'bridge' or 'fast'")
+    twin = fast_twin(model) if backend == "fast" and site in FAST_SITES else None
+    if twin is not None and block_modules(model, twin) is None:
+        twin = None
+    if twin is not None:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+                ids, mask = pad_left(tokenizer, [encoded[i] for i in batch])
+                out[torch.tensor(batch)] = twin_residuals(model, twin, ids, mask, layer_list, site)
+        return out
 
     rows: dict[str, Tensor] = {}
     fired = [0] * len(names)

@@ -351,14 +351,9 @@ def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bo
 
 
 def _write_figures_or_warn(figs: dict, folder: Path, *, png: bool) -> None:
-    """Write figures; if PNG export fails, keep the HTML and warn instead of losing the run."""
-    from .viz import write_figures
+    from .viz import write_figures_or_warn
 
-    try:
-        write_figures(figs, folder, png=png)
-    except RuntimeError as e:
-        logger.warning("%s — wrote HTML figures only", e)
-        write_figures(figs, folder, png=False)
+    write_figures_or_warn(figs, folder, png=png)
 
 
 def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True) -> None:

@@ -17,7 +17,9 @@ Example:
 import json
 import logging
 import math
+import os
 import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +214,70 @@ def check_compatible(ds: DirectionSet, model: Any, *, check_fingerprint: bool = 
                 f"{actual}); re-extract for this model, or pass check_fingerprint=False if you "
                 "really mean to transfer it"
             )
+
+
+def load_extraction(
+    path: str | Path, *, model: Any = None, criteria: list[str] | None = None
+) -> tuple[dict[str, DirectionSet], dict[str, list[int]]]:
+    """Direction sets and recommended control intervals from an ``icon2-lens extract`` directory.
+
+    Args:
+        path: The extraction output directory (one sub-directory per criterion).
+        model: If given, every set is checked against it (width, layers, weight fingerprint).
+        criteria: Criteria to load (default: every finished one).
+
+    Returns:
+        ``(sets, intervals)``: criterion -> :class:`DirectionSet`, criterion -> interval layers.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory: pass the output directory of 'icon2-lens extract'")
+    found = sorted(p.parent.name for p in root.glob("*/diagnostics.json"))
+    names = list(criteria) if criteria else found
+    missing = [c for c in names if c not in found]
+    if missing or not names:
+        raise ValueError(
+            f"{root} holds no finished extraction for {missing or 'any criterion'} "
+            f"(found: {found or 'none'}); run 'icon2-lens extract --out {root}' first"
+        )
+    sets, intervals = {}, {}
+    for name in names:
+        sets[name] = load_direction_set(root / name, model=model)
+        lo, hi = json.loads((root / name / "diagnostics.json").read_text(encoding="utf-8"))["interval"]
+        intervals[name] = list(range(int(lo), int(hi) + 1))
+    return sets, intervals
+
+
+def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Read a JSONL file; with ``repair``, cut a torn last line (an interrupted write) from the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    out, good_end, pos = [], 0, 0
+    for line_no, line in enumerate(data.split(b"\n"), start=1):
+        end = pos + len(line) + 1
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                is_last = end >= len(data)
+                if repair and is_last:
+                    logger.warning("%s: dropping a torn last line (interrupted write)", path)
+                    with open(path, "r+b") as f:
+                        f.truncate(good_end)
+                    break
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from e
+        good_end = min(end, len(data))
+        pos = end
+    return out
+
+
+def append_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append records to a JSONL file and fsync, so a finished batch survives a crash."""
+    if not rows:
+        return
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())

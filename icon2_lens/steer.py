@@ -48,7 +48,16 @@ from ._types import LensModel
 from .directions import DirectionSet
 from .hooks import validate_hook_names
 
-__all__ = ["SteeringSpec", "make_steering_hooks", "steer", "UNITS", "POSITIONS"]
+__all__ = [
+    "SteeringSpec",
+    "SteeringAdder",
+    "RowSelection",
+    "make_steering_adders",
+    "make_steering_hooks",
+    "steer",
+    "UNITS",
+    "POSITIONS",
+]
 
 UNITS: tuple[str, ...] = ("relative", "absolute")
 POSITIONS: tuple[str, ...] = ("all", "generated")
@@ -85,9 +94,13 @@ class SteeringSpec:
         if self.unit not in UNITS:
             raise ValueError(f"unknown unit {self.unit!r}; use one of {', '.join(UNITS)}")
         if self.positions not in POSITIONS:
-            raise ValueError(f"unknown positions {self.positions!r}; use one of {', '.join(POSITIONS)}")
+            raise ValueError(
+                f"unknown positions {self.positions!r}; use one of {', '.join(POSITIONS)}"
+            )
         if self.positions == "generated" and (self.prompt_len is None or self.prompt_len < 1):
-            raise ValueError("positions='generated' needs prompt_len (the prompt's length in tokens)")
+            raise ValueError(
+                "positions='generated' needs prompt_len (the prompt's length in tokens)"
+            )
         if self.layers is not None:
             missing = [layer for layer in self.layers if layer not in self.directions.layers]
             if missing:
@@ -96,7 +109,9 @@ class SteeringSpec:
                     f"(it holds {list(self.directions.layers)})"
                 )
         if self.unit == "relative" and not self.directions.stats:
-            raise ValueError("unit='relative' needs per-layer mean_resid_norm statistics; use unit='absolute'")
+            raise ValueError(
+                "unit='relative' needs per-layer mean_resid_norm statistics; use unit='absolute'"
+            )
 
     def vectors(self) -> dict[str, Tensor]:
         """Hook name -> ``scale · u`` (float32, without γ), for every steered layer."""
@@ -104,7 +119,11 @@ class SteeringSpec:
         out = {}
         for layer in layers:
             j = self.directions.index(layer)
-            scale = float(self.directions.stats[j]["mean_resid_norm"]) if self.unit == "relative" else 1.0
+            scale = (
+                float(self.directions.stats[j]["mean_resid_norm"])
+                if self.unit == "relative"
+                else 1.0
+            )
             out[self.directions.hook_names[j]] = self.directions.vectors[j] * scale
         return out
 
@@ -113,34 +132,92 @@ class SteeringSpec:
         return torch.tensor(self._gammas(), dtype=torch.float32).view(-1, 1, 1)
 
 
-def _steering_hook(delta: Tensor, gamma: Tensor, positions: str, prompt_len: int | None) -> Callable:
-    state: dict[str, Any] = {"calls": 0, "add": None}
+class RowSelection:
+    """Which rows of the original batch are still being computed (``None``: all of them).
 
-    def hook(resid: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens passes `hook`
-        add = state["add"]
-        if add is None or add.device != resid.device or add.dtype != resid.dtype:
-            # built once per device/dtype, not on every generated token
-            add = state["add"] = gamma.to(resid.device, resid.dtype) * delta.to(resid.device, resid.dtype)
+    A generation loop that drops finished rows from its batch updates ``index`` so that per-row
+    γ stays aligned with the rows that remain.
+    """
+
+    def __init__(self) -> None:
+        self.index: Tensor | None = None
+        self.version = 0
+
+    def select(self, index: Tensor | None) -> None:
+        self.index = index
+        self.version += 1
+
+
+class SteeringAdder:
+    """Adds ``γ · delta`` to a residual tensor ``[batch, pos, d_model]``; one per hook point.
+
+    Callable on the tensor alone, so the same object serves TransformerLens hook points and plain
+    PyTorch module hooks. ``γ · delta`` is built once per device/dtype/row selection, not on every
+    generated token.
+    """
+
+    def __init__(
+        self,
+        delta: Tensor,
+        gamma: Tensor,
+        positions: str,
+        prompt_len: int | None,
+        rows: RowSelection | None = None,
+    ) -> None:
+        self.delta, self.gamma, self.positions, self.prompt_len = (
+            delta,
+            gamma,
+            positions,
+            prompt_len,
+        )
+        self.rows = rows
+        self.calls = 0
+        self._add: Tensor | None = None
+        self._key: tuple | None = None
+
+    def _addend(self, resid: Tensor) -> Tensor:
+        version = self.rows.version if self.rows is not None else 0
+        key = (resid.device, resid.dtype, version)
+        if self._add is None or self._key != key:
+            gamma = self.gamma
+            if self.rows is not None and self.rows.index is not None and gamma.shape[0] > 1:
+                gamma = gamma[self.rows.index]
+            self._add = gamma.to(resid.device, resid.dtype) * self.delta.to(
+                resid.device, resid.dtype
+            )
+            self._key = key
+        return self._add
+
+    def __call__(self, resid: Tensor) -> Tensor:
+        add = self._addend(resid)
         if add.shape[0] not in (1, resid.shape[0]):
             raise ValueError(
-                f"{len(gamma)} per-row gammas for a batch of {resid.shape[0]}: pass one gamma per row"
+                f"{add.shape[0]} per-row gammas for a batch of {resid.shape[0]}: pass one gamma per row"
             )
-        first = state["calls"] == 0
-        state["calls"] += 1
-        if positions == "all" or (resid.shape[1] == 1 and not first):
+        first = self.calls == 0
+        self.calls += 1
+        if self.positions == "all" or (resid.shape[1] == 1 and not first):
             return resid + add
-        start = max(0, prompt_len - 1)
+        start = max(0, self.prompt_len - 1)
         mask = torch.zeros(resid.shape[1], 1, dtype=resid.dtype, device=resid.device)
         mask[start:] = 1
         return resid + add * mask
 
+
+def _tl_hook(adder: SteeringAdder) -> Callable:
+    def hook(resid: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens passes `hook`
+        return adder(resid)
+
     return hook
 
 
-def make_steering_hooks(
-    model: LensModel, specs: SteeringSpec | Sequence[SteeringSpec]
-) -> list[tuple[str, Callable]]:
-    """Build (without attaching) one hook per steered hook point; several specs may share points.
+def make_steering_adders(
+    model: LensModel,
+    specs: SteeringSpec | Sequence[SteeringSpec],
+    *,
+    rows: RowSelection | None = None,
+) -> list[tuple[str, SteeringAdder]]:
+    """Validate ``specs`` against ``model`` and build one adder per (spec, steered hook point).
 
     Raises:
         ValueError: A direction set of another width, or layers outside the model.
@@ -149,7 +226,7 @@ def make_steering_hooks(
     specs = [specs] if isinstance(specs, SteeringSpec) else list(specs)
     if not specs:
         raise ValueError("no steering specs given")
-    hooks: list[tuple[str, Callable]] = []
+    adders: list[tuple[str, SteeringAdder]] = []
     for spec in specs:
         ds = spec.directions
         if ds.d_model != model.cfg.d_model:
@@ -166,8 +243,27 @@ def make_steering_hooks(
         validate_hook_names(model, vectors)
         gamma = spec.gamma_tensor()
         for name, delta in vectors.items():
-            hooks.append((name, _steering_hook(delta.view(1, 1, -1), gamma, spec.positions, spec.prompt_len)))
-    return hooks
+            adders.append(
+                (
+                    name,
+                    SteeringAdder(
+                        delta.view(1, 1, -1), gamma, spec.positions, spec.prompt_len, rows
+                    ),
+                )
+            )
+    return adders
+
+
+def make_steering_hooks(
+    model: LensModel, specs: SteeringSpec | Sequence[SteeringSpec]
+) -> list[tuple[str, Callable]]:
+    """Build (without attaching) one hook per steered hook point; several specs may share points.
+
+    Raises:
+        ValueError: A direction set of another width, or layers outside the model.
+        KeyError: A hook name the model does not have.
+    """
+    return [(name, _tl_hook(adder)) for name, adder in make_steering_adders(model, specs)]
 
 
 @contextmanager

@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-__all__ = ["TINY_WORDS", "tiny_tokenizer", "tiny_model", "tiny_hf_model"]
+__all__ = [
+    "TINY_WORDS",
+    "tiny_tokenizer",
+    "tiny_model",
+    "tiny_hf_model",
+    "tiny_causal_lm",
+    "save_tiny_model",
+]
 
 TINY_WORDS: tuple[str, ...] = tuple(
     (
@@ -89,6 +96,67 @@ def tiny_tokenizer(*, chat_template: bool = True) -> PreTrainedTokenizerBase:
     return tok
 
 
+def tiny_causal_lm(
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    n_layers: int = 3,
+    d_model: int = 16,
+    seed: int = 0,
+):
+    """The plain Hugging Face tiny Llama (not wrapped), e.g. to save as a model directory.
+
+    Example:
+        >>> tiny_causal_lm(n_layers=2).config.num_hidden_layers
+        2
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer if tokenizer is not None else tiny_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=False,
+        )
+        hf = LlamaForCausalLM(config).eval()
+        # Random tiny weights give a near-flat residual stream; scale the embeddings up so
+        # activations differ clearly between prompts.
+        with torch.no_grad():
+            hf.model.embed_tokens.weight.mul_(50.0)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    hf.generation_config.pad_token_id = tok.pad_token_id
+    hf.config.architectures = ["LlamaForCausalLM"]
+    return hf
+
+
+def save_tiny_model(path: str | Path, **kwargs) -> Path:
+    """Save the tiny model and its tokenizer as an HF directory that ``load_model(path)`` accepts.
+
+    Example:
+        >>> import tempfile
+        >>> from icon2_lens.models import load_model
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     load_model(save_tiny_model(d)).cfg.n_layers
+        3
+    """
+    path = Path(path)
+    tok = tiny_tokenizer()
+    tiny_causal_lm(tok, **kwargs).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def tiny_hf_model(
     tokenizer: PreTrainedTokenizerBase | None = None,
     *,
@@ -117,33 +185,9 @@ def tiny_hf_model(
         2
     """
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=False,
-        )
-        hf = LlamaForCausalLM(config).eval()
-        # Random tiny weights give a near-flat residual stream; scale the embeddings up so
-        # activations differ clearly between prompts.
-        with torch.no_grad():
-            hf.model.embed_tokens.weight.mul_(50.0)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    hf.generation_config.pad_token_id = tok.pad_token_id
+    hf = tiny_causal_lm(tok, n_layers=n_layers, d_model=d_model, seed=seed)
     return TransformerBridge.boot_transformers(
         "icon2-tiny-llama", hf_model=hf, tokenizer=tok, device="cpu"
     ).eval()

@@ -32,7 +32,9 @@ __all__ = [
     "plot_projection_hist",
     "plot_layer_cosines",
     "plot_criterion_cosines",
+    "plot_consistency",
     "write_figures",
+    "write_figures_or_warn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -217,6 +219,36 @@ def plot_criterion_cosines(cos: pd.DataFrame, *, template: str = "plotly_white")
     return fig
 
 
+def plot_consistency(scores: Any, selection: Any, *, bins: int = 40, template: str = "plotly_white") -> "go.Figure":
+    """Score distribution per criterion: instructions kept for that criterion vs all the others.
+
+    Args:
+        scores: A :class:`~icon2_lens.consistency.ConsistencyScores`.
+        selection: The :class:`~icon2_lens.consistency.Selection` made from it.
+    """
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    crit = scores.best_criterion
+    kept = set(selection.kept)
+    fig = make_subplots(rows=1, cols=len(scores.criteria), subplot_titles=list(scores.criteria),
+                        shared_yaxes=True)
+    for j, name in enumerate(scores.criteria):
+        col = scores.scores[:, j].tolist()
+        groups = {
+            f"kept, steered along {name}": [v for i, v in enumerate(col) if i in kept and crit[i] == name],
+            "not kept for it": [v for i, v in enumerate(col) if not (i in kept and crit[i] == name)],
+        }
+        for (label, values), color in zip(groups.items(), ("#2ca02c", "#7f7f7f")):
+            fig.add_trace(go.Histogram(x=values, nbinsx=bins, name=label, marker_color=color, opacity=0.7,
+                                       legendgroup=label, showlegend=j == 0), row=1, col=j + 1)
+        fig.update_xaxes(title_text=f"score ({scores.settings.get('scoring', 'dot')})", row=1, col=j + 1)
+    fig.update_layout(barmode="overlay", template=template, height=380, width=max(500, 320 * len(scores.criteria)),
+                      title=f"Inherent consistency: {len(kept)} of {len(crit)} kept ({selection.rule} {selection.value:g})")
+    fig.update_yaxes(title_text="instructions", row=1, col=1)
+    return fig
+
+
 def _export_png(figs: list, paths: list[Path], *, scale: float) -> None:
     """Render figures to PNG with kaleido in one browser session, fully offline.
 
@@ -266,3 +298,12 @@ def write_figures(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: b
             ) from e
         written.extend(paths)
     return written
+
+
+def write_figures_or_warn(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: bool = True) -> list[Path]:
+    """:func:`write_figures`, but a failed PNG export only logs a warning (the HTML files stay)."""
+    try:
+        return write_figures(figs, folder, png=png)
+    except RuntimeError as e:
+        logger.warning("%s; wrote HTML only", e)
+        return write_figures(figs, folder, png=False)

@@ -96,3 +96,12 @@ def test_tokenizer_without_pad_token(tiny):
     finally:
         tiny.tokenizer.pad_token = "<pad>"
     assert (got - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_post"])
+def test_fast_backend_matches_bridge(tiny, site):
+    texts = [render_chat(tiny.tokenizer, q) for q in ["tell me a story", "why", "what is the best food for a dog"]]
+    for layers in ([0, 1, 2], [0, 1]):
+        a = collect_resid(tiny, texts, layers=layers, site=site, progress=False)
+        b = collect_resid(tiny, texts, layers=layers, site=site, progress=False, backend="fast", batch_size=2)
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)

@@ -1,0 +1,192 @@
+"""``report.md`` and ``report.html`` for a pipeline run, built from the files each stage wrote.
+
+The report is assembled as a list of blocks (heading, paragraph, table, figure, code) rendered
+twice, to Markdown and to a self-contained HTML page, so both always say the same thing. Stages
+that have not run yet are listed as pending, so a report of a partial run is still valid.
+"""
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .io import read_jsonl
+
+__all__ = ["build_report", "write_report", "markdown_table"]
+
+Block = tuple[str, Any]
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (cells escaped for ``|`` and newlines)."""
+
+    def cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.3g}"
+    return str(x)
+
+
+def _kv(d: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame({"quantity": list(d), "value": [_fmt(v) for v in d.values()]})
+
+
+def _figure(out: Path, rel: str) -> list[Block]:
+    png = out / f"{rel}.png"
+    page = out / f"{rel}.html"
+    blocks: list[Block] = []
+    if png.is_file():
+        blocks.append(("img", f"{rel}.png"))
+    if page.is_file():
+        blocks.append(("link", (f"interactive figure: {rel}.html", f"{rel}.html")))
+    return blocks
+
+
+def build_report(out: str | Path) -> list[Block]:
+    """Blocks describing every stage of the run in ``out``."""
+    out = Path(out)
+    cfg = _load(out / "config.json") or {}
+    timings = _load(out / "timings.json") or {}
+    b: list[Block] = [("h1", f"icon2-lens run: {out.name}")]
+    b.append(("p", f"Model `{cfg.get('model')}`, seed {cfg.get('seed')}. Stage times (s): "
+                   + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+                   + f"; total {sum(timings.values()) / 60:.1f} min."))
+
+    b.append(("h2", "1. Directions"))
+    diag = _load(out / "extract" / "diagnostics.json")
+    if diag:
+        rows = [{"criterion": name, **{k: _fmt(v) for k, v in s.items() if k != "criterion"}}
+                for name, s in diag.get("summary", {}).items()] if isinstance(diag.get("summary"), dict) else []
+        if rows:
+            b.append(("table", pd.DataFrame(rows)))
+        for name in cfg.get("extract", {}).get("criteria", []):
+            b += _figure(out / "extract" / "figures", f"{name}_layer_selection")
+    else:
+        b.append(("p", "pending"))
+
+    b.append(("h2", "2. Self-synthesized instructions"))
+    syn = _load(out / "synthesize" / "synthesis.json")
+    if syn:
+        b.append(("p", "Raw Magpie-style samples, then how many survive each cleaning step:"))
+        b.append(("table", pd.DataFrame([syn["counts"]])))
+        b.append(("pre", "\n".join(syn.get("examples", [])[:8])))
+    else:
+        b.append(("p", "pending"))
+
+    b.append(("h2", "3. Inherent-consistency filter"))
+    fil = _load(out / "filter" / "filter.json")
+    if fil:
+        s = fil["summary"]
+        b.append(("p", f"Scoring `{fil['settings'].get('scoring')}` over layers `{fil['settings'].get('layers')}`; "
+                       f"kept {s['n_kept']} of {s['n_scored']} ({s['rule']} {s['value']}), cutoff {_fmt(s['cutoff'])}."))
+        b.append(("table", pd.DataFrame({"criterion": list(s["criterion_counts_all"]),
+                                         "argmax (all)": list(s["criterion_counts_all"].values()),
+                                         "kept": list(s["criterion_counts_kept"].values())})))
+        b += _figure(out / "filter", "consistency")
+        ex = out / "filter" / "examples.md"
+        if ex.is_file():
+            b.append(("md", ex.read_text(encoding="utf-8")))
+    else:
+        b.append(("p", "pending"))
+
+    b.append(("h2", "4. Steered pairs"))
+    pa = _load(out / "pairs" / "summary.json")
+    if pa:
+        c = pa["counts"]
+        b.append(("table", _kv({"instructions": c["instructions"], "pairs kept": c["pairs"],
+                                **{f"dropped: {k}": v for k, v in c["dropped"].items()},
+                                "chosen degenerate (before dropping)": c["chosen_degenerate_rate"],
+                                "rejected degenerate (before dropping)": c["rejected_degenerate_rate"],
+                                **{k: v for k, v in pa["margins"].items() if k != "judge"}})))
+        b.append(("p", f"Judge: {pa['margins'].get('judge', '')}. Settings: `{json.dumps(pa['config'])}`"))
+        recs = read_jsonl(out / "pairs" / "pairs.jsonl")[:2]
+        for r in recs:
+            b.append(("pre", f"[{r['icon2_criterion']}] {r['prompt'][0]['content']}\n\nCHOSEN: "
+                             f"{r['chosen'][0]['content'][:400]}\n\nREJECTED: {r['rejected'][0]['content'][:400]}"))
+    else:
+        b.append(("p", "pending"))
+
+    b.append(("h2", "5. DPO"))
+    dpo = _load(out / "dpo" / "dpo_summary.json")
+    if dpo:
+        b.append(("table", _kv({k: v for k, v in dpo.items() if k not in ("settings", "warnings")})))
+        for w in dpo.get("warnings", []):
+            b.append(("p", f"**Warning:** {w}"))
+        b += _figure(out / "dpo", "dpo_curves")
+    else:
+        b.append(("p", "pending"))
+
+    b.append(("h2", "6. Held-out evaluation"))
+    ev = _load(out / "evaluate" / "evaluate.json")
+    if ev:
+        b.append(("table", _kv({k: v for k, v in ev.items() if k != "judge"})))
+        b.append(("p", f"Judge: {ev.get('judge', '')}."))
+    else:
+        b.append(("p", "pending"))
+    return b
+
+
+def _md(blocks: list[Block]) -> str:
+    parts = []
+    for kind, x in blocks:
+        if kind in ("h1", "h2"):
+            parts.append(("#" if kind == "h1" else "##") + " " + x)
+        elif kind == "p":
+            parts.append(x)
+        elif kind == "table":
+            parts.append(markdown_table(x))
+        elif kind == "img":
+            parts.append(f"![{x}]({x})")
+        elif kind == "link":
+            parts.append(f"[{x[0]}]({x[1]})")
+        elif kind == "pre":
+            parts.append("```\n" + x + "\n```")
+        elif kind == "md":
+            parts.append(x)
+    return "\n\n".join(parts) + "\n"
+
+
+def _html(blocks: list[Block], title: str) -> str:
+    body = []
+    for kind, x in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(x)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(x)}</p>")
+        elif kind == "table":
+            body.append(x.to_html(index=False, escape=True, border=0, classes="t"))
+        elif kind == "img":
+            body.append(f'<img src="{html.escape(x)}" alt="{html.escape(x)}">')
+        elif kind == "link":
+            body.append(f'<p><a href="{html.escape(x[1])}">{html.escape(x[0])}</a></p>')
+        elif kind in ("pre", "md"):
+            body.append(f"<pre>{html.escape(x)}</pre>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table.t{border-collapse:collapse}table.t td,table.t th{border:1px solid #ccc;padding:3px 8px}"
+             "img{max-width:100%}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(out: str | Path, *, png: bool = True) -> tuple[Path, Path]:  # noqa: ARG001
+    """Write ``report.md`` and ``report.html`` into ``out`` (figures are linked by relative path)."""
+    out = Path(out)
+    blocks = build_report(out)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(_md(blocks), encoding="utf-8")
+    page.write_text(_html(blocks, f"icon2-lens run {out.name}"), encoding="utf-8")
+    return md, page

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+from icon2_lens.chat import encode_prompts, render_chat
+from icon2_lens.directions import DirectionSet
+from icon2_lens.generate import Decoding, generate_rows
+from icon2_lens.io import read_jsonl
+from icon2_lens.pairs import KeptInstruction, PairConfig, generate_pairs
+from icon2_lens.score import degeneracy, repetition_rate
+from icon2_lens.steer import SteeringSpec
+
+WORDS = ["tell me a story", "how do i fix my code", "what is good food", "write a poem about the cat",
+         "help me plan a trip", "explain money", "why is the dog happy", "make a list of food"]
+
+
+def _sets(model, names=("a", "b"), d=None):
+    d = d or model.cfg.d_model
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name in names:
+        v = torch.nn.functional.normalize(torch.randn(model.cfg.n_layers, d, generator=g), dim=-1)
+        stats = tuple({"mean_resid_norm": 50.0} for _ in range(model.cfg.n_layers))
+        out[name] = DirectionSet(criterion=name, layers=tuple(range(model.cfg.n_layers)), vectors=v,
+                                 method="mean_diff", stats=stats)
+    return out
+
+
+def _kept():
+    return [KeptInstruction(10 + i, w, "ab"[i % 2], float(i)) for i, w in enumerate(WORDS)]
+
+
+CFG = PairConfig(gamma_pos=0.4, gamma_neg=-0.4, layers=(0, 1, 2), batch_size=3, max_repetition=0.9,
+                 decoding=Decoding(max_new_tokens=8, do_sample=True, seed=1))
+
+
+def test_records_are_trl_conversational_with_provenance(tiny):
+    res = generate_pairs(tiny, _kept(), _sets(tiny), CFG, progress=False)
+    assert res.counts["done"] == len(WORDS) == len(res.records) + len(res.dropped)
+    assert res.records, res.counts
+    for r in res.records:
+        assert r["prompt"] == [{"role": "user", "content": WORDS[r["icon2_index"] - 10]}]
+        assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
+        assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
+        assert r["icon2_gamma_pos"] == 0.4 and r["icon2_gamma_neg"] == -0.4 and r["icon2_layers"] == [0, 1, 2]
+        for key in ("icon2_criterion", "icon2_site", "icon2_direction_id", "icon2_seed", "icon2_model",
+                    "icon2_consistency"):
+            assert key in r
+        json.dumps(r)
+
+
+def test_pairs_equal_separately_steered_generations(tiny):
+    """Mixed criteria and both signs in one batch give what each steering alone gives."""
+    sets = _sets(tiny)
+    kept = _kept()[:3]
+    res = generate_pairs(tiny, kept, sets, CFG, progress=False)
+    by_index = {r["icon2_index"]: r for r in res.records + res.dropped}
+    for item in kept:
+        rows = encode_prompts(tiny.tokenizer, [render_chat(tiny.tokenizer, item.instruction)])
+        for sign, key in ((0.4, "chosen"), (-0.4, "rejected")):
+            spec = SteeringSpec(directions=sets[item.criterion], gamma=sign, layers=[0, 1, 2])
+            alone = generate_rows(tiny, rows, CFG.decoding, steering=[spec], row_seeds=[item.index])[0]
+            assert by_index[item.index][key][0]["content"] == alone.text
+
+
+def test_resume_after_interruption_gives_every_pair_once(tiny, tmp_path):
+    sets = _sets(tiny)
+    full = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "full", progress=False)
+    part = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "resumed", progress=False, limit=1)
+    assert part.counts["done"] == 3
+    # a torn last line, as left by a kill in the middle of a write
+    with open(tmp_path / "resumed" / "pairs.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"prompt": [{"role": "us')
+    again = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "resumed", progress=False)
+    on_disk = read_jsonl(tmp_path / "resumed" / "pairs.jsonl") + read_jsonl(tmp_path / "resumed" / "dropped.jsonl")
+    indices = [r["icon2_index"] for r in on_disk]
+    assert sorted(indices) == [k.index for k in _kept()]  # each exactly once
+    assert again.records == full.records and again.dropped == full.dropped
+    # a third run has nothing left to do and changes nothing
+    third = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "resumed", progress=False)
+    assert third.records == full.records
+
+
+def test_resume_with_other_settings_is_refused(tiny, tmp_path):
+    sets = _sets(tiny)
+    generate_pairs(tiny, _kept()[:2], sets, CFG, out=tmp_path, progress=False)
+    other = PairConfig(gamma_pos=0.2, gamma_neg=-0.4, layers=(0, 1, 2), decoding=CFG.decoding)
+    with pytest.raises(ValueError, match="different settings.*pair_config"):
+        generate_pairs(tiny, _kept()[:2], sets, other, out=tmp_path, progress=False)
+
+
+def test_identical_and_degenerate_outputs_are_dropped_and_counted(tiny):
+    cfg = PairConfig(gamma_pos=0.0, gamma_neg=0.0, layers=(0, 1), decoding=CFG.decoding, max_repetition=0.9)
+    res = generate_pairs(tiny, _kept(), _sets(tiny), cfg, progress=False)
+    assert res.records == []
+    assert sum(res.counts["dropped"].values()) == len(WORDS)
+    assert set(res.counts["dropped"]) <= {"identical", "chosen_empty", "chosen_repetition"}
+    assert degeneracy("", []) == "empty"
+    assert degeneracy("x", [5, 6, 7, 8] * 8) == "repetition"
+    assert degeneracy("fine", list(range(40))) is None
+    assert repetition_rate(list(range(10))) == 0.0
+
+
+def test_bad_input(tiny):
+    sets = _sets(tiny)
+    with pytest.raises(ValueError, match="another model"):
+        generate_pairs(tiny, _kept(), _sets(tiny, d=8), CFG, progress=False)
+    with pytest.raises(ValueError, match="outside"):
+        generate_pairs(tiny, _kept(), sets, PairConfig(layers=(1, 7)), progress=False)
+    with pytest.raises(ValueError, match="finite"):
+        PairConfig(gamma_pos=float("nan"))
+    with pytest.raises(ValueError, match="no direction set"):
+        generate_pairs(tiny, [KeptInstruction(0, "hello", "zzz")], sets, CFG, progress=False)
+    with pytest.raises(ValueError, match="no instructions"):
+        generate_pairs(tiny, [], sets, CFG, progress=False)

@@ -1,0 +1,68 @@
+"""End to end on a tiny model saved as an HF directory: every stage, resume, report."""
+
+import json
+
+import pytest
+
+from icon2_lens.io import read_jsonl
+from icon2_lens.pipeline import load_config, run_pipeline
+from icon2_lens.testing import save_tiny_model
+
+
+def _cfg(model_dir, **over):
+    return load_config(
+        model=str(model_dir),
+        extract={"criteria": ["helpfulness", "honesty"], "n_instructions": 12, "n_heldout": 6},
+        synthesize={"n": 24, "max_new_tokens": 10, "batch_size": 12},
+        filter={"fraction": 0.5},
+        pairs={"layers": "0-2", "gamma_pos": 0.3, "gamma_neg": -0.3, "max_new_tokens": 8, "do_sample": True},
+        dpo={"per_device_train_batch_size": 2, "max_length": 64, "learning_rate": 1e-3},
+        evaluate={"n_heldout": 4, "max_new_tokens": 6},
+        **over,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
+    import icon2_lens.clean as clean
+
+    # the tiny model writes random words; let every sample through the request heuristics
+    real = clean.clean_instructions
+    monkeypatch.setattr(clean, "clean_instructions",
+                        lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}))
+    cfg = _cfg(model_dir)
+    out = tmp_path / "run"
+    run_pipeline(cfg, out, progress=False, png=False, stop_after="filter")
+    assert (out / "filter" / "filter.json").is_file() and not (out / "pairs").exists()
+    report = (out / "report.md").read_text()
+    assert "pending" in report
+    run_pipeline(cfg, out, progress=False, png=False)
+    pairs = read_jsonl(out / "pairs" / "pairs.jsonl")
+    kept = read_jsonl(out / "filter" / "kept.jsonl")
+    dropped = read_jsonl(out / "pairs" / "dropped.jsonl")
+    assert sorted(r["icon2_index"] for r in pairs + dropped) == sorted(k["index"] for k in kept)
+    assert (out / "dpo" / "model" / "config.json").is_file()
+    ev = json.loads((out / "evaluate" / "evaluate.json").read_text())
+    assert ev["n"] == 4
+    report = (out / "report.md").read_text()
+    assert "pending" not in report and "Held-out evaluation" in report
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"extract", "synthesize", "filter", "pairs", "dpo", "evaluate"}
+
+
+def test_config_errors(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(pairs={"gama_pos": 0.1})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("model = [")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+    out = tmp_path / "run"
+    run_pipeline(_cfg(model_dir), out, progress=False, png=False, stop_after="extract")
+    with pytest.raises(ValueError, match="another configuration"):
+        run_pipeline(_cfg(model_dir, seed=1), out, progress=False, png=False, stop_after="extract")

@@ -1,0 +1,57 @@
+import pandas as pd
+import pytest
+import torch
+
+from icon2_lens.chat import render_chat
+from icon2_lens.collect import collect_resid
+from icon2_lens.directions import DirectionSet
+from icon2_lens.score import score_responses
+from icon2_lens.sweep import choose_setting, summarize_sweep
+
+
+def _ds(model):
+    v = torch.nn.functional.normalize(torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=-1)
+    return DirectionSet(criterion="toy", layers=(0, 1, 2), vectors=v, method="mean_diff")
+
+
+def test_score_responses_matches_direct_computation(tiny):
+    tok = tiny.tokenizer
+    ins = ["tell me a story", "what is good food", "help me"]
+    res = ["the cat sat on the mat", "water", "i am very happy today and you"]
+    ds = _ds(tiny)
+    out = score_responses(tiny, ins, res, [ds] * 3, layers=[[1, 2]] * 3, batch_size=2)
+    for i in range(3):
+        prompt = tok(render_chat(tok, ins[i]), add_special_tokens=False)["input_ids"]
+        answer = tok(res[i], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + answer])
+        logp = torch.log_softmax(tiny(ids)[0].float(), -1)
+        nll = -torch.stack([logp[len(prompt) + k - 1, t] for k, t in enumerate(answer)]).mean()
+        assert out["nll"][i].item() == pytest.approx(nll.item(), rel=1e-4)
+        acts = collect_resid(tiny, [render_chat(tok, ins[i]) + res[i]], layers=[1, 2], progress=False)[0]
+        proj = (acts[0] @ ds[1] + acts[1] @ ds[2]) / 2
+        assert out["projection"][i].item() == pytest.approx(proj.item(), rel=1e-4, abs=1e-4)
+        assert out["n_tokens"][i].item() == len(answer)
+
+
+def _responses(rows):
+    return pd.DataFrame(rows, columns=["interval", "gamma", "index", "score", "nll", "repetition", "length",
+                                       "finished", "degenerate"])
+
+
+def test_choose_setting_follows_the_rule():
+    rows = []
+    # chosen quality: 0.04 scores highest but is not fluent (nll jump); 0.02 is the best fluent γ⁺
+    plan = {0.0: (0.0, 1.0), 0.02: (1.0, 1.1), 0.04: (2.0, 2.0), -0.02: (-0.1, 1.1), -0.04: (-1.0, 1.2),
+            -0.06: (-2.0, 1.5)}
+    for i in range(10):
+        for g, (score, nll) in plan.items():
+            # γ⁻ = −0.02 beats γ⁺ = 0.02 on 3 of 10 instructions: win 0.7 < 0.9
+            s = 1.5 if g == -0.02 and i < 3 else score
+            rows.append(("10-19", g, i, s, nll, 0.0, 50, True, False))
+    result = summarize_sweep(_responses(rows))
+    choice = choose_setting(result, min_win=0.9, nll_tolerance=0.25)
+    assert choice["gamma_pos"] == 0.02
+    assert choice["gamma_neg"] == -0.04  # mildest γ⁻ with win ≥ 0.9 (−0.02 wins only 0.7)
+    assert choice["win"] == 1.0
+    none = choose_setting(result, min_win=1.1)
+    assert "reason" in none
