@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "site": "resid_post",
         "batch_size": 16,
     },
-    "synthesize": {"n": 1536, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 64, "batch_size": 32},
+    "synthesize": {"n": 1024, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 64, "batch_size": 32},
     "filter": {"scoring": "dot", "layers": "all", "fraction": 0.1, "threshold": None, "batch_size": 16},
     "pairs": {
         "gamma_pos": 0.02,

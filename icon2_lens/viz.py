@@ -305,5 +305,5 @@ def write_figures_or_warn(figs: Mapping[str, "go.Figure"], folder: str | Path, *
     try:
         return write_figures(figs, folder, png=png)
     except RuntimeError as e:
-        logger.warning("%s; wrote HTML only", e)
+        logger.warning("%s — wrote HTML figures only", e)
         return write_figures(figs, folder, png=False)

@@ -3,14 +3,8 @@ import torch
 
 from icon2_lens.chat import encode_prompts, render_chat
 from icon2_lens.directions import DirectionSet
-from icon2_lens.generate import (
-    Decoding,
-    _block_modules,
-    fast_twin,
-    generate,
-    generate_rows,
-    stop_token_ids,
-)
+from icon2_lens.fast import block_modules, fast_twin
+from icon2_lens.generate import Decoding, generate, generate_rows, stop_token_ids
 from icon2_lens.models import model_fingerprint
 from icon2_lens.steer import SteeringSpec
 

@@ -13,9 +13,9 @@ def _cfg(model_dir, **over):
     return load_config(
         model=str(model_dir),
         extract={"criteria": ["helpfulness", "honesty"], "n_instructions": 12, "n_heldout": 6},
-        synthesize={"n": 24, "max_new_tokens": 10, "batch_size": 12},
-        filter={"fraction": 0.5},
-        pairs={"layers": "0-2", "gamma_pos": 0.3, "gamma_neg": -0.3, "max_new_tokens": 8, "do_sample": True},
+        synthesize={"n": 48, "max_new_tokens": 10, "batch_size": 16},
+        filter={"fraction": 1.0},
+        pairs={"layers": "0-2", "gamma_pos": 2.0, "gamma_neg": -2.0, "max_new_tokens": 8, "do_sample": True},
         dpo={"per_device_train_batch_size": 2, "max_length": 64, "learning_rate": 1e-3},
         evaluate={"n_heldout": 4, "max_new_tokens": 6},
         **over,
