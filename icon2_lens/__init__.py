@@ -9,7 +9,9 @@ Example:
 from importlib.metadata import PackageNotFoundError, version
 
 from .chat import render_chat
+from .clean import CleanReport, clean_instructions
 from .collect import collect_resid
+from .consistency import ConsistencyScores, Selection, score_consistency
 from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria, load_criteria_file
 from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
 from .directions import METHODS, DirectionSet, fit_direction, fit_directions
@@ -22,11 +24,20 @@ from .extract import (
     extract_criterion,
     run_extraction,
 )
+from .generate import Decoding, Generation, generate, generate_rows
 from .hooks import normalize_layers, resid_hook_name
 from .instructions import load_instructions, read_instruction_file
-from .io import load_direction_set, save_direction_set
+from .io import load_direction_set, load_extraction, save_direction_set
 from .models import load_model, model_fingerprint
+from .pairs import KeptInstruction, PairConfig, PairsResult, generate_pairs
+from .pipeline import load_config, run_pipeline
+from .score import score_responses
 from .steer import SteeringSpec, make_steering_hooks, steer
+from .sweep import SweepResult, run_sweep
+from .synthesize import SynthesisConfig, synthesize_instructions, synthesize_raw
+
+# The TRL bridge (icon2_lens.dpo: train_dpo, make_dpo_trainer, to_hf_dataset) is imported on
+# demand, so that importing icon2_lens does not load TRL.
 
 try:
     __version__ = version("icon2-lens")
@@ -66,4 +77,26 @@ __all__ = [
     "SteeringSpec",
     "make_steering_hooks",
     "steer",
+    "CleanReport",
+    "clean_instructions",
+    "ConsistencyScores",
+    "Selection",
+    "score_consistency",
+    "Decoding",
+    "Generation",
+    "generate",
+    "generate_rows",
+    "load_extraction",
+    "KeptInstruction",
+    "PairConfig",
+    "PairsResult",
+    "generate_pairs",
+    "load_config",
+    "run_pipeline",
+    "score_responses",
+    "SweepResult",
+    "run_sweep",
+    "SynthesisConfig",
+    "synthesize_instructions",
+    "synthesize_raw",
 ]

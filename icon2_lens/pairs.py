@@ -26,6 +26,7 @@ generator, so a resumed run writes the same pairs as an uninterrupted one.
 import hashlib
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,8 +90,6 @@ class PairConfig:
     backend: Literal["auto", "fast", "bridge"] = "auto"
 
     def __post_init__(self) -> None:
-        import math
-
         for name in ("gamma_pos", "gamma_neg"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -201,7 +200,8 @@ def _record(item: KeptInstruction, chosen: str, rejected: str, prov: dict[str, A
         "rejected": [{"role": "assistant", "content": rejected}],
         "icon2_index": item.index,
         "icon2_criterion": item.criterion,
-        "icon2_consistency": item.consistency,
+        # JSON has no NaN: an unknown score is written as null
+        "icon2_consistency": item.consistency if math.isfinite(item.consistency) else None,
         **prov,
     }
 

@@ -82,7 +82,10 @@ def build_report(out: str | Path) -> list[Block]:
     syn = _load(out / "synthesize" / "synthesis.json")
     if syn:
         b.append(("p", "Raw Magpie-style samples, then how many survive each cleaning step:"))
-        b.append(("table", pd.DataFrame([syn["counts"]])))
+        from .clean import STEPS
+
+        counts = syn["counts"]
+        b.append(("table", pd.DataFrame([{k: counts[k] for k in STEPS if k in counts}])))
         b.append(("pre", "\n".join(syn.get("examples", [])[:8])))
     else:
         b.append(("p", "pending"))

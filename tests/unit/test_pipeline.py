@@ -66,3 +66,21 @@ def test_config_errors(model_dir, tmp_path):
     run_pipeline(_cfg(model_dir), out, progress=False, png=False, stop_after="extract")
     with pytest.raises(ValueError, match="another configuration"):
         run_pipeline(_cfg(model_dir, seed=1), out, progress=False, png=False, stop_after="extract")
+
+
+def test_cli_sweep_on_a_model_directory(model_dir, tmp_path, capsys):
+    from icon2_lens.cli import main
+    from icon2_lens.models import load_model
+    from icon2_lens.pipeline import stage_extract
+
+    stage_extract(load_model(str(model_dir)), _cfg(model_dir), tmp_path / "ex", progress=False)
+    code = main(["sweep", "--model", str(model_dir), "--directions", str(tmp_path / "ex"), "--n", "3",
+                 "--gammas=-2,2", "--intervals", "0-1;1-2", "--max-new-tokens", "4", "--no-png",
+                 "--no-progress", "--out", str(tmp_path / "sw")])
+    assert code == 0
+    data = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert {r["interval"] for r in data["by_gamma"]} == {"0-1", "1-2"}
+    assert {r["gamma"] for r in data["by_gamma"]} == {-2.0, 0.0, 2.0}
+    assert (tmp_path / "sw" / "sweep.html").is_file()
+    assert main(["sweep", "--model", str(model_dir), "--directions", str(tmp_path / "ex"),
+                 "--intervals", "0-9", "--out", str(tmp_path / "sw2")]) == 2
