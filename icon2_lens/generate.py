@@ -49,7 +49,6 @@ __all__ = [
     "generate",
     "generate_rows",
     "stop_token_ids",
-    "fast_twin",
     "BACKENDS",
 ]
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
+from icon2_lens import testing
 from icon2_lens.dpo import (
     DPOSettings,
     add_dpo_arguments,
@@ -36,23 +37,9 @@ PROMPTS = [
 ]
 
 
-def tiny_causal_lm(tok, *, seed: int = 0) -> LlamaForCausalLM:
-    """A plain tiny Llama like ``icon2_lens.testing.tiny_hf_model``'s, without the bridge."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).eval()
+def tiny_causal_lm(tok, *, seed: int = 0):
+    """A plain tiny Llama (no bridge), as saved to a model directory."""
+    return testing.tiny_causal_lm(tok, n_layers=2, seed=seed)
 
 
 def conversational(n: int = 8) -> list[dict]:

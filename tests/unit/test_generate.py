@@ -92,7 +92,9 @@ def test_twin_shares_weights_and_model_is_untouched(tiny):
 
 
 def test_hooks_removed_after_an_exception(tiny, monkeypatch):
-    import icon2_lens.generate as gen
+    import importlib
+
+    gen = importlib.import_module("icon2_lens.generate")
 
     def boom(*a, **k):
         raise RuntimeError("boom")
