@@ -760,7 +760,8 @@ def train_dpo(
     )
     n_kept, max_length = len(trainer.train_dataset), trainer.args.max_length
     t0 = time.perf_counter()
-    trainer.train()
+    with torch.enable_grad():  # also when the caller disabled gradients globally
+        trainer.train()
     seconds = time.perf_counter() - t0
     trained = _finished_model(trainer)
     model_dir = _save_model(trained, trainer.processing_class, out / "model")
