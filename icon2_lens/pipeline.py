@@ -14,7 +14,6 @@ defaults of :data:`DEFAULTS`.
 import copy
 import json
 import logging
-import math
 import time
 import tomllib
 from collections.abc import Mapping
@@ -363,7 +362,3 @@ def run_pipeline(cfg: dict[str, Any], out: str | Path, *, progress: bool = True,
     summary["timings"] = timings
     write_report(out, png=png)
     return summary
-
-
-def _finite(x: Any) -> Any:
-    return x if not isinstance(x, float) or math.isfinite(x) else None
