@@ -40,7 +40,7 @@ def speed(model, hf, rows_text, batch: int, new_tokens: int, repeats: int) -> No
     rows = encode_prompts(tok, rows_text[: batch // 2])
     rows = rows + rows
     ds = _toy_direction(model)
-    gam = [0.02] * (batch // 2) + [-0.04] * (batch // 2)
+    gam = [0.02] * (batch // 2) + [-0.02] * (batch // 2)
     spec = SteeringSpec(directions=ds, gamma=gam, layers=list(range(13, 23)))
     decoding = Decoding(max_new_tokens=new_tokens, stop=False)
     ids, mask = pad_left(tok, rows)
@@ -81,7 +81,7 @@ def _toy_direction(model):
 
 
 def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens: int, samples: int,
-) -> None:
+         batch_rows: int) -> None:
     import torch
 
     from icon2_lens.chat import encode_prompts, render_chat
@@ -92,8 +92,10 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
     from icon2_lens.pairs import KeptInstruction, PairConfig, generate_pairs
     from icon2_lens.score import degeneracy, score_responses
 
-    layers = tuple(range(13, 23))
-    # ---- Icon² path
+    config = PairConfig(layers=tuple(range(13, 23)), decoding=Decoding(max_new_tokens=new_tokens),
+                        batch_size=batch_rows // 2)
+    layers = list(config.layers)
+    # ---- Icon² path: directions, consistency of the whole pool, two steered answers per kept instruction
     t_extract, res = _timed(lambda: run_extraction(
         model, get_criteria(["general", "helpfulness", "honesty", "harmlessness"]),
         config=ExtractConfig(n_instructions=extract_n, n_heldout=8), figures=False, progress=False))
@@ -102,12 +104,13 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
     sel = scores.select(fraction=fraction)
     crit = scores.best_criterion
     kept = [KeptInstruction(i, pool[i], crit[i], float(scores.best[i])) for i in sel.kept]
-    config = PairConfig(layers=layers, decoding=Decoding(max_new_tokens=new_tokens), batch_size=8)
     t_pairs, pairs = _timed(lambda: generate_pairs(model, kept, sets, config, progress=False))
     icon_total = t_extract + t_filter + t_pairs
     n_icon = len(pairs.records)
+    icon_tokens = sum(len(model.tokenizer(r[k][0]["content"])["input_ids"]) for r in pairs.records
+                      for k in ("chosen", "rejected"))
 
-    # ---- Sampling-Ranking path on the same kept instructions
+    # ---- Sampling-Ranking path on the same kept instructions: N samples each, every one judged
     tok = model.tokenizer
 
     def sample_all():
@@ -115,8 +118,8 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
         dec = Decoding(max_new_tokens=new_tokens, do_sample=True, temperature=0.8, top_p=0.95, seed=0)
         jobs = [(i, s) for i in range(len(kept)) for s in range(samples)]
         gens = []
-        for start in range(0, len(jobs), 16):
-            chunk = jobs[start : start + 16]
+        for start in range(0, len(jobs), batch_rows):
+            chunk = jobs[start : start + batch_rows]
             gens += generate_rows(model, [rows[i] for i, _ in chunk], dec,
                                   row_seeds=[kept[i].index * samples + s for i, s in chunk])
         return jobs, gens
@@ -125,7 +128,7 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
 
     def judge():
         return score_responses(model, [kept[i].instruction for i, _ in jobs], [g.text for g in gens],
-                               [sets[kept[i].criterion] for i, _ in jobs], layers=[list(layers)] * len(jobs),
+                               [sets[kept[i].criterion] for i, _ in jobs], layers=[layers] * len(jobs),
                                batch_size=16)
 
     t_judge, judged = _timed(judge)
@@ -141,12 +144,15 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
     sr_total = t_sample + t_judge
     per_icon = icon_total / max(n_icon, 1)
     per_sr = sr_total / max(n_sr, 1)
-    print(f"(b) pool {len(pool)} instructions, kept top {fraction:g} = {len(kept)}, {new_tokens} new tokens max")
-    print(f"    Icon²: extract {t_extract:.1f} s + filter {t_filter:.1f} s + pairs {t_pairs:.1f} s = "
-          f"{icon_total:.1f} s for {n_icon} kept pairs ({pairs.counts['dropped']} dropped) → {per_icon:.2f} s/pair")
-    print(f"    Sampling-Ranking: {samples} samples {t_sample:.1f} s + judging {t_judge:.1f} s = {sr_total:.1f} s "
-          f"for {n_sr} pairs → {per_sr:.2f} s/pair")
-    print(f"    ratio Icon²/Sampling-Ranking per kept pair = {per_icon / per_sr:.3f}  (target <= 0.45)")
+    sr_tokens = sum(len(g.token_ids) for g in gens)
+    print(f"(b) pool {len(pool)} instructions, kept top {fraction:g} = {len(kept)}, <= {new_tokens} new tokens, "
+          f"{batch_rows} rows per batch on both paths")
+    print(f"    Icon²: extract ({extract_n} instructions x 4 criteria) {t_extract:.1f} s + filter {t_filter:.1f} s + "
+          f"pairs {t_pairs:.1f} s = {icon_total:.1f} s for {n_icon} kept pairs (dropped {pairs.counts['dropped']}; "
+          f"{icon_tokens} answer tokens kept) -> {per_icon:.2f} s/pair")
+    print(f"    Sampling-Ranking: {samples} samples {t_sample:.1f} s ({sr_tokens} tokens) + judging {t_judge:.1f} s = "
+          f"{sr_total:.1f} s for {n_sr} pairs -> {per_sr:.2f} s/pair")
+    print(f"    ratio Icon²/Sampling-Ranking per kept pair = {per_icon / per_sr:.3f}  (target <= 0.45; Icon² paper 0.552)")
     marginal = (t_filter + t_pairs) / max(n_icon, 1)
     print(f"    without the one-off direction extraction (its share vanishes as the pool grows; Icon² extracts "
           f"once from 1k instructions for 100k pairs): {marginal:.2f} s/pair, ratio {marginal / per_sr:.3f}")
@@ -175,7 +181,7 @@ def main() -> None:
         del hf
     if args.only != "a":
         cost(model, pool[:96] if args.quick else pool, fraction=0.25, extract_n=16 if args.quick else 32,
-             new_tokens=48 if args.quick else 96, samples=5)
+             new_tokens=48 if args.quick else 96, samples=5, batch_rows=32)
 
 
 if __name__ == "__main__":

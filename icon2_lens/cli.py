@@ -7,6 +7,7 @@ Run ``icon2-lens <command> --help`` for the options. Every command writes its re
 import argparse
 import json
 import logging
+import random
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "[Δ;−Δ] (default); mean_diff: normalised mean contrast")
     ex.add_argument("--no-center", action="store_true", help="uncentred PCA for --method pca")
     ex.add_argument("--batch-size", type=int, default=16)
+    ex.add_argument("--backend", default="fast", choices=["fast", "bridge"],
+                    help="fast: SDPA twin sharing the bridge's weights, each system prompt computed once "
+                         "(default); bridge: the bridge's hook points. Equal up to float rounding")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--out", default="runs/extract", help="output directory (default runs/extract)")
     ex.add_argument("--no-figures", action="store_true", help="skip all figures")
@@ -103,13 +107,20 @@ def _add_pipeline_commands(sub) -> None:
     sw = sub.add_parser("sweep", help="sweep γ and layer intervals; pick a setting by the documented rule")
     sw.add_argument("--directions", default="runs/extract")
     sw.add_argument("--instructions", default=None, help="instructions to sweep on (default: built-in held-out)")
-    sw.add_argument("--n", type=int, default=32, help="instructions sampled (default 32)")
-    sw.add_argument("--gammas", default="-0.08,-0.06,-0.04,-0.03,-0.02,0.02,0.03,0.04,0.06")
-    sw.add_argument("--intervals", default="7-16;10-19;13-22", help="';'-separated layer intervals")
+    sw.add_argument("--n", type=int, default=40, help="instructions sampled, seeded (default 40)")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the instruction sample (default 0)")
+    sw.add_argument("--gammas", default="-0.06,-0.04,-0.03,-0.02,-0.01,0.01,0.02,0.03,0.04")
+    sw.add_argument("--intervals", default="10-19;13-22;16-25", help="';'-separated layer intervals")
+    sw.add_argument("--read", default="mean", choices=["mean", "last"],
+                    help="judge reading of a response: mean over its tokens (default) or its last token")
     sw.add_argument("--unit", default="relative", choices=["relative", "absolute"])
     sw.add_argument("--positions", default="all", choices=["all", "generated"])
-    sw.add_argument("--max-new-tokens", type=int, default=80)
+    sw.add_argument("--max-new-tokens", type=int, default=96)
     sw.add_argument("--min-win", type=float, default=0.9)
+    sw.add_argument("--min-effect", type=float, default=2.0,
+                    help="γ⁻ must separate its pairs by this many sd of the gaps (default 2.0)")
+    sw.add_argument("--rechoose", action="store_true",
+                    help="re-apply the selection rule to the responses already in --out (no generation)")
     sw.add_argument("--out", default="runs/sweep")
     _common(sw)
 
@@ -162,7 +173,8 @@ def _extract(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers, model.cfg.n_layers)
     config = ExtractConfig(method=args.method, center=not args.no_center, site=args.site,
                            layers=tuple(layers), n_instructions=args.n_instructions,
-                           n_heldout=args.n_heldout, batch_size=args.batch_size, seed=args.seed)
+                           n_heldout=args.n_heldout, batch_size=args.batch_size, seed=args.seed,
+                           backend=args.backend)
     result = run_extraction(model, criteria, config=config, out=args.out, train=train, heldout=heldout,
                             figures=not args.no_figures, png=not args.no_png,
                             progress=not args.no_progress)
@@ -269,15 +281,18 @@ def _sweep(args: argparse.Namespace) -> int:
     from .generate import Decoding
     from .hooks import parse_layers
     from .instructions import load_instructions, read_instruction_file
-    from .io import load_extraction, write_json
+    from .io import load_extraction
     from .pairs import KeptInstruction
-    from .sweep import plot_sweep, run_sweep
-    from .viz import write_figures_or_warn
+    from .sweep import run_sweep
 
+    out = Path(args.out)
+    if args.rechoose:
+        return _rechoose(args, out)
     model = _load(args)
     sets, _ = load_extraction(args.directions, model=model)
     pool = read_instruction_file(args.instructions) if args.instructions else load_instructions("heldout")
-    pool = pool[: args.n]
+    if args.n < len(pool):
+        pool = [pool[i] for i in sorted(random.Random(args.seed).sample(range(len(pool)), args.n))]
     scores = score_consistency(model, pool, list(sets.values()), progress=False)
     items = [KeptInstruction(i, d, c) for i, (d, c) in enumerate(zip(pool, scores.best_criterion))]
     gammas = [float(g) for g in args.gammas.split(",") if g.strip()]
@@ -287,16 +302,43 @@ def _sweep(args: argparse.Namespace) -> int:
         intervals[spec.strip()] = layers
     res = run_sweep(model, items, sets, gammas=gammas, intervals=intervals, unit=args.unit,
                     positions=args.positions, decoding=Decoding(max_new_tokens=args.max_new_tokens),
-                    min_win=args.min_win, progress=not args.no_progress)
-    out = Path(args.out)
+                    read=args.read, min_win=args.min_win, min_effect=args.min_effect, progress=not args.no_progress)
     out.mkdir(parents=True, exist_ok=True)
     res.responses.to_json(out / "responses.jsonl", orient="records", lines=True, force_ascii=False)
+    _write_sweep(res, out, png=not args.no_png)
+    return 0
+
+
+def _write_sweep(res, out: Path, *, png: bool) -> None:
+    from .io import write_json
+    from .sweep import plot_sweep
+    from .viz import write_figures_or_warn
+
     write_json({"by_gamma": res.by_gamma.to_dict(orient="records"), "pairs": res.pairs.to_dict(orient="records"),
-                "choice": res.choice, "rule": res.rule, "unit": args.unit, "positions": args.positions},
-               out / "sweep.json")
-    write_figures_or_warn({"sweep": plot_sweep(res)}, out, png=not args.no_png)
+                "choice": res.choice, "rule": res.rule}, out / "sweep.json")
+    write_figures_or_warn({"sweep": plot_sweep(res)}, out, png=png)
     print(res.by_gamma.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print("\nchoice:", json.dumps(res.choice))
+
+
+def _rechoose(args: argparse.Namespace, out: Path) -> int:
+    """Apply the selection rule (with this call's parameters) to the responses of an earlier sweep."""
+    import pandas as pd
+
+    from .sweep import choose_setting, summarize_sweep
+
+    path, meta = out / "responses.jsonl", out / "sweep.json"
+    if not path.is_file() or not meta.is_file():
+        raise ValueError(f"--rechoose needs an earlier sweep in {out} (responses.jsonl and sweep.json)")
+    responses = pd.read_json(path, lines=True)
+    responses["gamma"] = responses["gamma"].astype(float)  # JSON writes 2.0 as 2
+    res = summarize_sweep(responses)
+    old = json.loads(meta.read_text(encoding="utf-8")).get("rule", {})
+    res.rule = {**old, "min_win": args.min_win, "min_effect": args.min_effect}
+    res.choice = choose_setting(res, min_win=args.min_win, min_effect=args.min_effect,
+                                max_degenerate=old.get("max_degenerate", 0.05),
+                                nll_tolerance=old.get("nll_tolerance", 0.25))
+    _write_sweep(res, out, png=not args.no_png)
     return 0
 
 

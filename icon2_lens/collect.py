@@ -23,12 +23,22 @@ from tqdm.auto import tqdm
 
 from ._types import LensModel
 from .chat import encode_prompts, pad_left
-from .fast import FAST_SITES, block_modules, fast_twin, twin_residuals
+from .fast import (
+    FAST_SITES,
+    block_modules,
+    common_prefix_len,
+    fast_twin,
+    prefix_cache,
+    twin_residuals,
+)
 from .hooks import check_site, normalize_layers, resid_hook_name, validate_hook_names
 
-__all__ = ["collect_resid"]
+__all__ = ["collect_resid", "MIN_SHARED_PREFIX"]
 
 logger = logging.getLogger(__name__)
+
+#: Shortest shared token prefix worth computing once (``share_prefix``).
+MIN_SHARED_PREFIX = 4
 
 
 def _write_last_position(out: Tensor, column: int, rows: dict[str, Tensor], fired: list[int]):
@@ -52,6 +62,7 @@ def collect_resid(
     progress: bool = True,
     desc: str = "caching residuals",
     backend: str = "bridge",
+    share_prefix: bool = True,
 ) -> Float[Tensor, "n layer d_model"]:
     """Residual stream at the last token of each rendered prompt, at every chosen layer.
 
@@ -70,6 +81,10 @@ def collect_resid(
         backend: ``bridge`` (the bridge's hook points) or ``fast`` (the SDPA twin of
             :mod:`icon2_lens.fast`, ≈ 10-20 % faster; same values up to float rounding; falls
             back to the bridge for ``resid_mid`` or architectures it cannot mirror).
+        share_prefix: With the fast backend, compute the token prefix that every prompt shares
+            (e.g. a criterion's system prompt) once and reuse its keys and values for every
+            row (:func:`~icon2_lens.fast.twin_residuals`); the values are unchanged up to float
+            rounding.
 
     Returns:
         Float32 CPU tensor ``[n, layer, d_model]`` in the order of ``texts`` and of the sorted
@@ -104,9 +119,12 @@ def collect_resid(
     if twin is not None:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         with torch.inference_mode():
+            shared = common_prefix_len(encoded) if share_prefix else 0
+            prefix = (prefix_cache(twin, encoded[0][:shared]), shared) if shared >= MIN_SHARED_PREFIX else None
+            cut = prefix[1] if prefix is not None else 0
             for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-                ids, mask = pad_left(tokenizer, [encoded[i] for i in batch])
-                out[torch.tensor(batch)] = twin_residuals(model, twin, ids, mask, layer_list, site)
+                ids, mask = pad_left(tokenizer, [encoded[i][cut:] for i in batch])
+                out[torch.tensor(batch)] = twin_residuals(model, twin, ids, mask, layer_list, site, prefix=prefix)
         return out
 
     rows: dict[str, Tensor] = {}

@@ -66,6 +66,12 @@ class ExtractConfig:
         n_heldout: Held-out instructions for the diagnostics.
         batch_size: Prompts per forward pass.
         seed: Seed of the instruction sample.
+        backend: How residuals are read (see :func:`~icon2_lens.collect.collect_resid`):
+            ``fast`` (default: the SDPA twin sharing the bridge's weights, with each system
+            prompt's keys and values computed once for all instructions; ``resid_mid`` falls back
+            to the bridge) or ``bridge`` (the bridge's own hook points). They agree up to float
+            rounding; like the batch size, the backend does not block reusing a finished
+            criterion.
     """
 
     method: str = "pca_symmetric"
@@ -76,11 +82,14 @@ class ExtractConfig:
     n_heldout: int = 96
     batch_size: int = 16
     seed: int = 0
+    backend: str = "fast"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         check_site(self.site)
+        if self.backend not in ("fast", "bridge"):
+            raise ValueError(f"unknown backend {self.backend!r}; use 'fast' or 'bridge'")
         if self.n_instructions < 1 or self.n_heldout < 1:
             raise ValueError("n_instructions and n_heldout must be at least 1")
         if self.layers is not None:
@@ -162,17 +171,22 @@ def contrast_activations(
     site: str = "resid_post",
     batch_size: int = 16,
     progress: bool = True,
+    backend: str = "fast",
 ) -> tuple[Float[Tensor, "n layer d_model"], Float[Tensor, "n layer d_model"]]:
-    """Activations of every instruction under the criterion's positive and negative prompt."""
+    """Activations of every instruction under the criterion's positive and negative prompt.
+
+    Each prompt is read in its own pass over the instructions, so that (with the ``fast``
+    backend) the system prompt shared by all of them is computed once.
+    """
     if len(instructions) == 0:
         raise ValueError("the instruction list is empty: pass at least one instruction")
     require_chat_template(model.tokenizer)
-    texts = [render_chat(model.tokenizer, d, system=criterion.positive) for d in instructions]
-    texts += [render_chat(model.tokenizer, d, system=criterion.negative) for d in instructions]
-    acts = collect_resid(model, texts, layers=layers, site=site, batch_size=batch_size,
-                         progress=progress, desc=f"{criterion.name}: caching")
-    n = len(instructions)
-    return acts[:n], acts[n:]
+    out = []
+    for system in (criterion.positive, criterion.negative):
+        texts = [render_chat(model.tokenizer, d, system=system) for d in instructions]
+        out.append(collect_resid(model, texts, layers=layers, site=site, batch_size=batch_size,
+                                 progress=progress, desc=f"{criterion.name}: caching", backend=backend))
+    return out[0], out[1]
 
 
 def _select_instructions(config: ExtractConfig, train: Sequence[str] | None,
@@ -218,7 +232,8 @@ def extract_criterion(
     config = config or ExtractConfig()
     train_i, held_i = _select_instructions(config, train, heldout)
     layers = normalize_layers(config.layers, model.cfg.n_layers)
-    kw = dict(layers=layers, site=config.site, batch_size=config.batch_size, progress=progress)
+    kw = dict(layers=layers, site=config.site, batch_size=config.batch_size, progress=progress,
+              backend=config.backend)
     pos, neg = contrast_activations(model, criterion, train_i, **kw)
     pos_h, neg_h = contrast_activations(model, criterion, held_i, **kw)
     vectors, stats = fit_directions(pos, neg, config.method, center=config.center)
@@ -301,8 +316,8 @@ def run_extraction(
 
 
 def _comparable(extract_config: dict[str, Any]) -> dict[str, Any]:
-    """Settings that change the results (the batch size does not)."""
-    return {k: v for k, v in extract_config.items() if k != "batch_size"}
+    """Settings that change the results (the batch size and backend do not, beyond float rounding)."""
+    return {k: v for k, v in extract_config.items() if k not in ("batch_size", "backend")}
 
 
 def _load_finished(model, criterion, done: Path, config, train, heldout) -> CriterionResult:

@@ -20,17 +20,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._hf import forward_options, output_cache
 from ._types import LensModel
 from .steer import _tl_hook
 
-__all__ = ["fast_twin", "block_modules", "attached", "FAST_SITES", "twin_residuals"]
+__all__ = [
+    "fast_twin",
+    "block_modules",
+    "attached",
+    "FAST_SITES",
+    "twin_residuals",
+    "common_prefix_len",
+    "prefix_cache",
+]
 
 log = logging.getLogger(__name__)
 
 FAST_SITES: tuple[str, ...] = ("resid_pre", "resid_post")
-
-
-
 
 _TWINS: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], Any]]" = weakref.WeakKeyDictionary()
 
@@ -156,18 +162,55 @@ def attached(model: LensModel, twin, adders: Sequence[tuple[str, Callable[[Tenso
             handle.remove()
 
 
-
-
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the last needed layer has run."""
 
 
+def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every row, leaving each row one token of its own.
+
+    Example:
+        >>> common_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+        2
+        >>> common_prefix_len([[1, 2], [1, 2]])
+        1
+    """
+    if not rows:
+        return 0
+    first, limit = rows[0], min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
+def prefix_cache(twin, prefix: Sequence[int]) -> Any:
+    """The KV cache of one forward of the twin over ``prefix`` (batch 1), to continue from."""
+    body = twin.base_model
+    ids = torch.tensor([list(prefix)], dtype=torch.long)
+    return output_cache(body(input_ids=ids, **forward_options(body, use_cache=True)))
+
+
 def twin_residuals(
-    model: LensModel, twin, ids: Tensor, mask: Tensor, layers: Sequence[int], site: str
+    model: LensModel,
+    twin,
+    ids: Tensor,
+    mask: Tensor,
+    layers: Sequence[int],
+    site: str,
+    *,
+    prefix: tuple[Any, int] | None = None,
 ) -> Tensor:
     """Last-position residuals ``[batch, layer, d_model]`` at ``site`` from one forward of the twin.
 
     The pass stops right after the last requested layer (no later blocks, no unembedding).
+
+    With ``prefix = (cache, length)`` from :func:`prefix_cache`, ``ids`` / ``mask`` hold only what
+    follows a shared prefix of ``length`` tokens, whose keys and values are reused for every row
+    instead of being recomputed: the rows are the prefix followed by their (left-padded) suffix,
+    with positions continuing after the prefix, so the result is the same function of the full
+    prompts (up to float rounding) for a fraction of the work when the prefix is long (a
+    criterion's system prompt, the template's default system prompt).
     """
     mods = block_modules(model, twin)
     out = torch.empty(ids.shape[0], len(layers), model.cfg.d_model, dtype=torch.float32)
@@ -199,8 +242,18 @@ def twin_residuals(
             else:
                 handles.append(mods[layer].register_forward_pre_hook(pre(j), with_kwargs=True))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        body = twin.base_model
+        if prefix is None:
+            options = forward_options(body, use_cache=False)
+        else:
+            cache, length = prefix
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(ids.shape[0])
+            positions = positions + length
+            mask = torch.cat([torch.ones(ids.shape[0], length, dtype=mask.dtype), mask], dim=1)
+            options = forward_options(body, cache=cache, use_cache=True)
         try:
-            twin.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            body(input_ids=ids, attention_mask=mask, position_ids=positions, **options)
         except _Stop:
             pass
     finally:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._hf import forward_options, output_cache
 from ._types import LensModel
 from .chat import encode_prompts, pad_left
 from .fast import attached, block_modules, fast_twin
@@ -205,18 +206,12 @@ def _generate_batch(
             if decoding.use_cache:
                 x = seq if step == 0 else seq[:, -1:]
                 pos = positions if step == 0 else positions[:, -1:]
-                result = net(
-                    input_ids=x,
-                    attention_mask=mask,
-                    position_ids=pos,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                cache = result.past_key_values
+                result = net(input_ids=x, attention_mask=mask, position_ids=pos,
+                             **forward_options(net, cache=cache, use_cache=True, last_logits_only=True))
+                cache = output_cache(result)
             else:
-                result = net(
-                    input_ids=seq, attention_mask=mask, position_ids=positions, use_cache=False
-                )
+                result = net(input_ids=seq, attention_mask=mask, position_ids=positions,
+                             **forward_options(net, use_cache=False, last_logits_only=True))
             logits = result.logits[:, -1, :]
             token = _pick(logits, decoding, [generators[i] for i in active.tolist()])
             done = torch.isin(token, stop_tensor) if decoding.stop else torch.zeros_like(token, dtype=torch.bool)

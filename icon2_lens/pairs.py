@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 #: Defaults chosen by ``icon2-lens sweep`` on the embedded model (see the README).
 DEFAULT_GAMMA_POS = 0.02
-DEFAULT_GAMMA_NEG = -0.04
+DEFAULT_GAMMA_NEG = -0.02
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,17 +41,18 @@ DEFAULTS: dict[str, Any] = {
         "n_heldout": 48,
         "site": "resid_post",
         "batch_size": 16,
+        "backend": "fast",
     },
     "synthesize": {"n": 1024, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 64, "batch_size": 32},
     "filter": {"scoring": "dot", "layers": "all", "fraction": 0.1, "threshold": None, "batch_size": 16},
     "pairs": {
         "gamma_pos": 0.02,
-        "gamma_neg": -0.04,
+        "gamma_neg": -0.02,
         "layers": "13-22",
         "unit": "relative",
         "positions": "all",
         "max_new_tokens": 128,
-        "batch_size": 8,
+        "batch_size": 16,
         "do_sample": False,
     },
     "dpo": {
@@ -61,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "per_device_train_batch_size": 4,
         "max_length": 384,
     },
-    "evaluate": {"n_heldout": 48, "max_new_tokens": 96, "batch_size": 16},
+    "evaluate": {"n_heldout": 96, "max_new_tokens": 96, "batch_size": 16},
 }
 
 
@@ -109,7 +110,8 @@ def stage_extract(model: LensModel, cfg: dict[str, Any], out: Path, *, progress:
 
     ex = cfg["extract"]
     config = ExtractConfig(method=ex["method"], site=ex["site"], n_instructions=ex["n_instructions"],
-                           n_heldout=ex["n_heldout"], batch_size=ex["batch_size"], seed=cfg["seed"])
+                           n_heldout=ex["n_heldout"], batch_size=ex["batch_size"], seed=cfg["seed"],
+                           backend=ex["backend"])
     run_extraction(model, get_criteria(ex["criteria"]), config=config, out=out, progress=progress)
     return load_extraction(out, model=model, criteria=ex["criteria"])
 
@@ -202,7 +204,8 @@ def pair_margins(model: LensModel, records: list[dict[str, Any]], sets, *, progr
         "rejected_nll": float(b["nll"].nanmean()),
         "chosen_tokens": float(a["n_tokens"].mean()),
         "rejected_tokens": float(b["n_tokens"].mean()),
-        "judge": "unsteered model: mean projection of the response's last-token residual on the steered layers",
+        "judge": "unsteered model: projection of the response's residual stream (mean over its tokens) on the "
+                 "criterion's direction, averaged over the steered layers",
     }
 
 
@@ -249,13 +252,14 @@ def stage_dpo(cfg: dict[str, Any], model_dir: str, pairs: list[dict[str, Any]], 
 def stage_evaluate(base: LensModel, trained_dir: str, cfg: dict[str, Any], sets, intervals, out: Path,
                    *, progress: bool = True) -> dict[str, Any]:
     """Held-out instructions answered (greedy, unsteered) by the base and the trained model, both judged
-    by the base model along each instruction's argmax criterion direction."""
+    by the base model along each instruction's argmax criterion direction; paired bootstrap intervals."""
     from .chat import render_chat
     from .consistency import score_consistency
     from .generate import Decoding, generate
     from .instructions import load_instructions
     from .models import load_model
-    from .score import score_responses
+    from .score import degeneracy, score_responses
+    from .stats import paired_summary
 
     marker = out / "evaluate.json"
     if (done := _done(marker)) is not None:
@@ -279,17 +283,31 @@ def stage_evaluate(base: LensModel, trained_dir: str, cfg: dict[str, Any], sets,
     b = score_responses(base, held, [g.text for g in base_out], ds, layers=layers)
     gap = a["projection"] - b["projection"]
     changed = [t.text != s.text for t, s in zip(trained_out, base_out)]
+
+    def bad(gens) -> float:
+        return sum(degeneracy(g.text, g.token_ids) is not None for g in gens) / len(gens)
+
+    per_criterion = {}
+    for c in sorted(set(crit)):
+        idx = [i for i, x in enumerate(crit) if x == c]
+        per_criterion[c] = {"n": len(idx), "mean_gap": float(gap[idx].mean()),
+                            "trained_above_base": float((gap[idx] > 0).float().mean())}
     result = {
         "n": len(held),
-        "trained_above_base": float((gap > 0).float().mean()),
-        "ties": float((gap == 0).float().mean()),
-        "mean_gap": float(gap.mean()),
+        "trained_vs_base": paired_summary(a["projection"].numpy(), b["projection"].numpy(), seed=cfg["seed"]),
         "mean_projection_trained": float(a["projection"].mean()),
         "mean_projection_base": float(b["projection"].mean()),
         "nll_trained_answers": float(a["nll"].nanmean()),
         "nll_base_answers": float(b["nll"].nanmean()),
+        "tokens_trained": float(a["n_tokens"].mean()),
+        "tokens_base": float(b["n_tokens"].mean()),
+        "degenerate_trained": bad(trained_out),
+        "degenerate_base": bad(base_out),
         "answers_changed": sum(changed) / len(changed),
-        "judge": "base model: mean projection of the answer's last-token residual on the control layers",
+        "per_criterion": per_criterion,
+        "judge": "base model: projection of the answer's residual stream (mean over its tokens) on the "
+                 "instruction's argmax-criterion direction, averaged over the control layers; win rate counts "
+                 "ties as half; 95 % paired bootstrap intervals",
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "answers.jsonl").write_text(

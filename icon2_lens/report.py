@@ -41,6 +41,12 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _interval(x: Any) -> str:
+    if isinstance(x, dict) and {"value", "low", "high"} <= set(x):
+        return f"{x['value']:.3f} [{x['low']:.3f}, {x['high']:.3f}] (n={x.get('n')})"
+    return _fmt(x)
+
+
 def _kv(d: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"quantity": list(d), "value": [_fmt(v) for v in d.values()]})
 
@@ -136,7 +142,17 @@ def build_report(out: str | Path) -> list[Block]:
     b.append(("h2", "6. Held-out evaluation"))
     ev = _load(out / "evaluate" / "evaluate.json")
     if ev:
-        b.append(("table", _kv({k: v for k, v in ev.items() if k != "judge"})))
+        flat = {}
+        for k, v in ev.items():
+            if k in ("judge", "per_criterion"):
+                continue
+            if isinstance(v, dict):  # statistics with bootstrap intervals
+                flat.update({f"{k}: {name}": _interval(x) for name, x in v.items()})
+            else:
+                flat[k] = v
+        b.append(("table", _kv(flat)))
+        if ev.get("per_criterion"):
+            b.append(("table", pd.DataFrame([{"criterion": c, **x} for c, x in ev["per_criterion"].items()])))
         b.append(("p", f"Judge: {ev.get('judge', '')}."))
     else:
         b.append(("p", "pending"))

@@ -4,9 +4,10 @@ No external reward model is used anywhere in icon2-lens; every number here says 
 it:
 
 ``projection`` (inherent score)
-    Residual stream at the response's last token (the instruction wrapped by the chat template,
-    followed by the response), dotted with the criterion's unit direction at each layer and
-    averaged over the layers — the same reading as inherent consistency, applied to the answer.
+    Residual stream over the response's tokens (the instruction wrapped by the chat template,
+    followed by the response; ``read="mean"``, or only its last token with ``read="last"``),
+    dotted with the criterion's unit direction at each layer and averaged over the layers — the
+    reading of inherent consistency, applied to the answer.
 ``nll``
     Mean negative log-likelihood per response token under the *unsteered* model (``exp`` of it
     is the perplexity): a fluency judge that penalises the damage steering does.
@@ -30,7 +31,7 @@ from ._types import LensModel
 from .chat import pad_left, render_chat
 from .directions import DirectionSet
 
-__all__ = ["repetition_rate", "degeneracy", "score_responses"]
+__all__ = ["repetition_rate", "degeneracy", "score_responses", "READS"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,12 @@ def degeneracy(text: str, tokens: Sequence[int], *, max_repetition: float = 0.5,
     return None
 
 
-def _keeper(cache: dict[str, Tensor], name: str):
+READS: tuple[str, ...] = ("last", "mean")
+
+
+def _keeper(cache: dict[str, Tensor], name: str, read: str):
     def keep(resid: Tensor, hook) -> None:  # noqa: ARG001
-        cache[name] = resid[:, -1].float()
+        cache[name] = resid[:, -1].float() if read == "last" else resid.float()
 
     return keep
 
@@ -71,6 +75,7 @@ def score_responses(
     directions: Sequence[DirectionSet],
     *,
     layers: Sequence[Sequence[int]] | None = None,
+    read: str = "mean",
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, Float[Tensor, " n"]]:
@@ -82,6 +87,12 @@ def score_responses(
         responses: The responses to judge.
         directions: One direction set per response (its criterion's).
         layers: Per response, the layers to average the projection over (default: all of the set's).
+        read: Where the residual is read: ``mean`` (default: averaged over every response
+            token) or ``last`` (the response's last token, as inherent consistency reads an
+            instruction). On the embedded model the mean reading follows the steering strength
+            far more faithfully (median per-instruction Spearman correlation between γ and score
+            0.94-0.97 against 0.76-0.88 for ``last``, 40 instructions × 10 γ × 3 intervals). An
+            empty response is read at the prompt's last token either way.
         batch_size: Rows per forward pass.
         progress: Show a progress bar.
 
@@ -94,6 +105,8 @@ def score_responses(
         raise ValueError("instructions, responses and directions must have the same length")
     if n == 0:
         raise ValueError("no responses to score")
+    if read not in READS:
+        raise ValueError(f"unknown read {read!r}; use one of {', '.join(READS)}")
     tok = model.tokenizer
     layers = [list(ds.layers) for ds in directions] if layers is None else [list(x) for x in layers]
     need = sorted({layer for ls in layers for layer in ls})
@@ -119,15 +132,20 @@ def score_responses(
         ids, mask = pad_left(tok, [rows[i] for i in idx])
         cache: dict[str, Tensor] = {}
 
-        with model.hooks(fwd_hooks=[(name, _keeper(cache, name)) for name in names]):
+        with model.hooks(fwd_hooks=[(name, _keeper(cache, name, read)) for name in names]):
             logits = model(ids, attention_mask=mask)
         logp = torch.log_softmax(logits.float(), dim=-1)
         width = ids.shape[1]
         for b, i in enumerate(idx):
             ds = directions[i]
-            vals = [float(cache[names[need.index(layer)]][b] @ ds[layer]) for layer in layers[i]]
-            projection[i] = sum(vals) / len(vals)
             k = len(answers[i])
+            vals = []
+            for layer in layers[i]:
+                resid = cache[names[need.index(layer)]][b]
+                if read == "mean":
+                    resid = resid[width - max(k, 1) :].mean(0)
+                vals.append(float(resid @ ds[layer]))
+            projection[i] = sum(vals) / len(vals)
             if k:
                 targets = ids[b, width - k :]
                 pred = logp[b, width - k - 1 : width - 1]

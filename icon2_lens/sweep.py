@@ -3,8 +3,9 @@
 For every control interval and every γ in the grid (plus γ = 0, the unsteered answer), each
 sample instruction is answered once, steered along its criterion; all γ of one instruction run
 in the same batch (per-row γ). Every response is judged by the unsteered model
-(:mod:`icon2_lens.score`): its inherent score along the direction, its per-token NLL (fluency),
-repetition and length, and whether it is degenerate.
+(:mod:`icon2_lens.score`): its inherent score along the direction (read over the response's
+tokens, ``read="mean"``), its per-token NLL (fluency), repetition and length, and whether it is
+degenerate.
 
 Selection rule, in the spirit of Icon²'s App. J with the model as its own judge (no reward model
 is available offline):
@@ -12,11 +13,23 @@ is available offline):
 1. **γ⁺** (per interval): among positive γ whose chosen answers stay fluent — degenerate rate ≤
    ``max_degenerate`` and mean NLL ≤ the unsteered NLL + ``nll_tolerance`` — the one with the
    highest mean inherent score ("best chosen quality").
-2. **γ⁻**: among negative γ with P(score(chosen) > score(rejected)) ≥ ``min_win`` against that
-   γ⁺, the *mildest* one — the rejected answers that stay closest to good while still clearly
-   worse along the direction (App. J keeps the strongest-reward rejected setting that still
-   keeps P(chosen > rejected) > 0.9).
-3. **Interval**: the one whose chosen (γ⁺, γ⁻) pair has the highest win rate, then lowest NLL.
+2. **γ⁻**: the *mildest* negative γ that is still clearly worse than that γ⁺ — the rejected
+   answers that stay closest to good (App. J keeps the strongest-reward rejected setting that
+   still keeps P(chosen > rejected) > 0.9). "Clearly worse" is two conditions:
+
+   * the *usable win rate* is ≥ ``min_win``: the share of instructions whose pair would be kept
+     (neither answer degenerate, the two not identical) *and* whose chosen answer scores above
+     the rejected one. A pair that :func:`~icon2_lens.pairs.generate_pairs` would drop counts as
+     a loss: it costs two generations and yields nothing;
+   * the kept pairs separate by at least ``min_effect`` standard deviations: effect size
+     ``mean(gap) / sd(gap)`` of the per-instruction score gaps ≥ ``min_effect``. The paper's
+     judge is an independent reward model; ours reads the very direction that was steered, so
+     on the embedded model P(chosen > rejected) is ≈ 1 for every γ⁻ down to −0.01 and the win
+     condition alone would always pick the weakest contrast in the grid.
+3. **Interval**: among intervals with a (γ⁺, γ⁻) meeting the rule, the one with the highest
+   usable win rate (the most kept pairs that are right), then the largest effect size
+   (unit-free, so intervals of different residual norms compare fairly), then the lowest chosen
+   NLL.
 """
 
 import logging
@@ -65,13 +78,15 @@ def run_sweep(
     items: Sequence[KeptInstruction],
     direction_sets: Mapping[str, DirectionSet],
     *,
-    gammas: Sequence[float] = (-0.08, -0.06, -0.04, -0.03, -0.02, 0.02, 0.03, 0.04, 0.06),
+    gammas: Sequence[float] = (-0.06, -0.04, -0.03, -0.02, -0.01, 0.01, 0.02, 0.03, 0.04),
     intervals: Mapping[str, Sequence[int]] | None = None,
     unit: str = "relative",
     positions: str = "all",
     decoding: Decoding | None = None,
+    read: str = "mean",
     batch_rows: int = 32,
     min_win: float = 0.9,
+    min_effect: float = 2.0,
     max_degenerate: float = 0.05,
     nll_tolerance: float = 0.25,
     progress: bool = True,
@@ -87,8 +102,9 @@ def run_sweep(
         unit: γ units (``relative`` or ``absolute``).
         positions: Steered positions (``all`` or ``generated``).
         decoding: Decoding settings (greedy, 96 new tokens by default).
+        read: How responses are read by the judge (see :func:`~icon2_lens.score.score_responses`).
         batch_rows: Rows per generation batch.
-        min_win, max_degenerate, nll_tolerance: The selection rule's parameters.
+        min_win, min_effect, max_degenerate, nll_tolerance: The selection rule's parameters.
         progress: Show progress bars.
     """
     if not items:
@@ -131,6 +147,7 @@ def run_sweep(
             [texts[k].text for k in keys],
             [direction_sets[items[i].criterion] for i, _ in keys],
             layers=[layers] * len(keys),
+            read=read,
             progress=progress,
         )
         for n, (i, g) in enumerate(keys):
@@ -150,14 +167,20 @@ def run_sweep(
             })
     responses = pd.DataFrame(records)
     result = summarize_sweep(responses)
-    result.rule = {"min_win": min_win, "max_degenerate": max_degenerate, "nll_tolerance": nll_tolerance}
-    result.choice = choose_setting(result, min_win=min_win, max_degenerate=max_degenerate,
+    result.rule = {"min_win": min_win, "min_effect": min_effect, "max_degenerate": max_degenerate,
+                   "nll_tolerance": nll_tolerance, "read": read, "positions": positions, "unit": unit}
+    result.choice = choose_setting(result, min_win=min_win, min_effect=min_effect, max_degenerate=max_degenerate,
                                    nll_tolerance=nll_tolerance)
     return result
 
 
 def summarize_sweep(responses: pd.DataFrame) -> SweepResult:
-    """Per-γ means and pairwise win rates from per-response rows."""
+    """Per-γ means and, per (γ⁺, γ⁻), win rates and the effect size of the score gaps.
+
+    ``pairs`` columns: ``win`` (P(score(γ⁺) > score(γ⁻)) over all instructions), ``usable``
+    (share of pairs that would be kept: neither answer degenerate, texts differ), ``win_usable``
+    (kept *and* chosen above rejected) and ``effect`` (mean / sd of the gaps of kept pairs).
+    """
     by_gamma = (
         responses.groupby(["interval", "gamma"])
         .agg(score=("score", "mean"), nll=("nll", "mean"), repetition=("repetition", "mean"),
@@ -167,16 +190,39 @@ def summarize_sweep(responses: pd.DataFrame) -> SweepResult:
     )
     rows = []
     for label, sub in responses.groupby("interval"):
-        table = sub.pivot(index="index", columns="gamma", values="score")
-        for gp in [g for g in table.columns if g > 0]:
-            for gn in [g for g in table.columns if g < 0]:
+        score = sub.pivot(index="index", columns="gamma", values="score")
+        bad = sub.pivot(index="index", columns="gamma", values="degenerate").astype(bool)
+        text = sub.pivot(index="index", columns="gamma", values="text") if "text" in sub else None
+        for gp in [g for g in score.columns if g > 0]:
+            for gn in [g for g in score.columns if g < 0]:
+                usable = ~bad[gp] & ~bad[gn]
+                if text is not None:
+                    usable &= text[gp] != text[gn]
+                wins = score[gp] > score[gn]
+                gap = (score[gp] - score[gn])[usable]
                 rows.append({"interval": label, "gamma_pos": gp, "gamma_neg": gn,
-                             "win": float((table[gp] > table[gn]).mean())})
+                             "win": float(wins.mean()), "usable": float(usable.mean()),
+                             "win_usable": float((wins & usable).mean()), "effect": _effect(gap)})
     return SweepResult(responses, by_gamma, pd.DataFrame(rows))
 
 
+def _effect(gap: pd.Series) -> float:
+    """``mean / sd`` of the gaps (``inf`` for identical positive gaps, NaN for fewer than two)."""
+    if len(gap) < 2:
+        return float("nan")
+    mean, sd = float(gap.mean()), float(gap.std())
+    if sd == 0:
+        return float("inf") if mean > 0 else float("-inf") if mean < 0 else float("nan")
+    return mean / sd
+
+
 def choose_setting(
-    result: SweepResult, *, min_win: float = 0.9, max_degenerate: float = 0.05, nll_tolerance: float = 0.25
+    result: SweepResult,
+    *,
+    min_win: float = 0.9,
+    min_effect: float = 2.0,
+    max_degenerate: float = 0.05,
+    nll_tolerance: float = 0.25,
 ) -> dict[str, Any]:
     """Apply the selection rule of the module docstring; ``{}`` with a reason if nothing qualifies."""
     options = []
@@ -190,21 +236,22 @@ def choose_setting(
         best = fluent.sort_values(["score", "gamma"], ascending=[False, True]).iloc[0]
         gp = float(best["gamma"])
         pairs = result.pairs[(result.pairs["interval"] == label) & (result.pairs["gamma_pos"] == gp)
-                             & (result.pairs["win"] >= min_win)]
-        if pairs.empty:
-            options.append({"interval": label, "gamma_pos": gp, "gamma_neg": None, "win": None,
-                            "chosen_nll": float(best["nll"]), "base_nll": base_nll})
-            continue
-        mild = pairs.sort_values("gamma_neg", ascending=False).iloc[0]
-        options.append({"interval": label, "gamma_pos": gp, "gamma_neg": float(mild["gamma_neg"]),
-                        "win": float(mild["win"]), "chosen_nll": float(best["nll"]), "base_nll": base_nll,
-                        "chosen_score": float(best["score"]),
-                        "chosen_degenerate": float(best["degenerate"])})
+                             & (result.pairs["win_usable"] >= min_win) & (result.pairs["effect"] >= min_effect)]
+        option = {"interval": label, "gamma_pos": gp, "gamma_neg": None, "win": None,
+                  "chosen_nll": float(best["nll"]), "base_nll": base_nll,
+                  "chosen_score": float(best["score"]), "chosen_degenerate": float(best["degenerate"])}
+        if not pairs.empty:
+            mild = pairs.sort_values("gamma_neg", ascending=False).iloc[0]
+            neg = sub[sub["gamma"] == mild["gamma_neg"]].iloc[0]
+            option.update(gamma_neg=float(mild["gamma_neg"]), win=float(mild["win_usable"]),
+                          win_all=float(mild["win"]), usable=float(mild["usable"]), effect=float(mild["effect"]),
+                          rejected_nll=float(neg["nll"]), rejected_degenerate=float(neg["degenerate"]))
+        options.append(option)
     complete = [o for o in options if o["gamma_neg"] is not None]
     if not complete:
         return {"reason": "no setting met the rule; widen the grid or relax min_win / nll_tolerance",
                 "candidates": options}
-    complete.sort(key=lambda o: (-o["win"], o["chosen_nll"]))
+    complete.sort(key=lambda o: (-o["win"], -o["effect"], o["chosen_nll"]))
     return complete[0]
 
 

@@ -105,3 +105,31 @@ def test_fast_backend_matches_bridge(tiny, site):
         a = collect_resid(tiny, texts, layers=layers, site=site, progress=False)
         b = collect_resid(tiny, texts, layers=layers, site=site, progress=False, backend="fast", batch_size=2)
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_post"])
+def test_shared_prefix_gives_the_full_prompt_values(tiny, site, monkeypatch):
+    from icon2_lens import fast
+
+    texts = _texts(tiny, system="you are a kind and helpful assistant who answers well")
+    calls = []
+    real = fast.prefix_cache
+    monkeypatch.setattr("icon2_lens.collect.prefix_cache", lambda twin, p: calls.append(len(p)) or real(twin, p))
+    bridge = collect_resid(tiny, texts, site=site, progress=False)
+    shared = collect_resid(tiny, texts, site=site, progress=False, backend="fast", batch_size=2)
+    plain = collect_resid(tiny, texts, site=site, progress=False, backend="fast", batch_size=2, share_prefix=False)
+    assert len(calls) == 1 and calls[0] >= 8  # the system prompt was computed once, for all rows
+    assert torch.allclose(shared, bridge, atol=1e-5)
+    assert torch.allclose(shared, plain, atol=1e-5)
+    # one prompt alone equals its row in the shared batch
+    alone = collect_resid(tiny, texts[2:3], site=site, progress=False, backend="fast", share_prefix=False)
+    assert torch.allclose(alone[0], shared[2], atol=1e-5)
+
+
+def test_common_prefix_leaves_every_row_a_token():
+    from icon2_lens.fast import common_prefix_len
+
+    assert common_prefix_len([[5, 6, 7], [5, 6, 7]]) == 2
+    assert common_prefix_len([[5, 6, 7], [5, 9]]) == 1
+    assert common_prefix_len([[5], [5, 6]]) == 0
+    assert common_prefix_len([[1, 2], [3, 4]]) == 0

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from icon2_lens.io import read_jsonl
@@ -48,6 +49,9 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     assert (out / "dpo" / "model" / "config.json").is_file()
     ev = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert ev["n"] == 4
+    gap = ev["trained_vs_base"]["mean_gap"]
+    assert gap["low"] <= gap["value"] <= gap["high"] and gap["n"] == 4
+    assert sum(x["n"] for x in ev["per_criterion"].values()) == 4
     report = (out / "report.md").read_text()
     assert "pending" not in report and "Held-out evaluation" in report
     assert (out / "report.html").read_text().startswith("<!doctype html>")
@@ -82,5 +86,10 @@ def test_cli_sweep_on_a_model_directory(model_dir, tmp_path, capsys):
     assert {r["interval"] for r in data["by_gamma"]} == {"0-1", "1-2"}
     assert {r["gamma"] for r in data["by_gamma"]} == {-2.0, 0.0, 2.0}
     assert (tmp_path / "sw" / "sweep.html").is_file()
+    # the rule re-applied to the saved responses, without generating anything
+    assert main(["sweep", "--out", str(tmp_path / "sw"), "--rechoose", "--min-win", "1.5", "--no-png"]) == 0
+    again = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert again["rule"]["min_win"] == 1.5 and "reason" in again["choice"]
+    pd.testing.assert_frame_equal(pd.DataFrame(again["by_gamma"]), pd.DataFrame(data["by_gamma"]), check_exact=False)
     assert main(["sweep", "--model", str(model_dir), "--directions", str(tmp_path / "ex"),
                  "--intervals", "0-9", "--out", str(tmp_path / "sw2")]) == 2

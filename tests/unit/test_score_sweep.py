@@ -19,7 +19,8 @@ def test_score_responses_matches_direct_computation(tiny):
     ins = ["tell me a story", "what is good food", "help me"]
     res = ["the cat sat on the mat", "water", "i am very happy today and you"]
     ds = _ds(tiny)
-    out = score_responses(tiny, ins, res, [ds] * 3, layers=[[1, 2]] * 3, batch_size=2)
+    out = score_responses(tiny, ins, res, [ds] * 3, layers=[[1, 2]] * 3, batch_size=2, read="last")
+    mean = score_responses(tiny, ins, res, [ds] * 3, layers=[[1, 2]] * 3, batch_size=2)
     for i in range(3):
         prompt = tok(render_chat(tok, ins[i]), add_special_tokens=False)["input_ids"]
         answer = tok(res[i], add_special_tokens=False)["input_ids"]
@@ -31,11 +32,37 @@ def test_score_responses_matches_direct_computation(tiny):
         proj = (acts[0] @ ds[1] + acts[1] @ ds[2]) / 2
         assert out["projection"][i].item() == pytest.approx(proj.item(), rel=1e-4, abs=1e-4)
         assert out["n_tokens"][i].item() == len(answer)
+        # read="mean": the projection averaged over the response's own positions
+        with torch.no_grad(), tiny.hooks(fwd_hooks=[]):
+            _, cache = tiny.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        per_pos = [cache[f"blocks.{layer}.hook_resid_post"][0, len(prompt):] @ ds[layer] for layer in (1, 2)]
+        expected = torch.stack(per_pos).mean(dim=1).mean()
+        assert mean["projection"][i].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-4)
+        assert mean["nll"][i].item() == pytest.approx(out["nll"][i].item(), rel=1e-6)
 
 
 def _responses(rows):
     return pd.DataFrame(rows, columns=["interval", "gamma", "index", "score", "nll", "repetition", "length",
                                        "finished", "degenerate"])
+
+
+def test_degenerate_pairs_count_as_losses_and_the_clearest_interval_wins():
+    rows = []
+    for label, spread in (("a", 1.0), ("b", 0.1)):
+        for i in range(10):
+            noise = spread * ((i % 3) - 1)  # gaps vary more in interval "a"
+            rows += [(label, 0.0, i, 0.0, 1.0, 0.0, 50, True, False),
+                     (label, 0.02, i, 2.0 + noise, 1.1, 0.0, 50, True, False),
+                     # γ⁻ = −0.02: always below chosen, but degenerate on 2 of 10 instructions
+                     (label, -0.02, i, -1.0, 1.1, 0.0, 50, True, i < 2),
+                     (label, -0.04, i, -2.0, 1.2, 0.0, 50, True, False)]
+    result = summarize_sweep(_responses(rows))
+    row = result.pairs[(result.pairs["interval"] == "a") & (result.pairs["gamma_neg"] == -0.02)].iloc[0]
+    assert row["win"] == 1.0 and row["usable"] == 0.8 and row["win_usable"] == 0.8
+    choice = choose_setting(result, min_win=0.9)
+    assert choice["gamma_neg"] == -0.04  # −0.02 loses its degenerate pairs: usable win 0.8 < 0.9
+    assert choice["interval"] == "b"  # same win rates, but "b" separates its pairs more clearly
+    assert choice["effect"] > 10
 
 
 def test_choose_setting_follows_the_rule():
