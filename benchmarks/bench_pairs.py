@@ -129,7 +129,7 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
     def judge():
         return score_responses(model, [kept[i].instruction for i, _ in jobs], [g.text for g in gens],
                                [sets[kept[i].criterion] for i, _ in jobs], layers=[layers] * len(jobs),
-                               batch_size=16)
+                               batch_size=16, nll=False)  # the ranking needs the score only
 
     t_judge, judged = _timed(judge)
     n_sr = 0

@@ -9,12 +9,17 @@ import inspect
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["forward_options", "output_cache"]
+__all__ = ["forward_options", "output_cache", "accepts"]
 
 
 @lru_cache(maxsize=32)
 def _forward_parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def accepts(net: Any, name: str) -> bool:
+    """Whether ``net.forward`` takes an argument called ``name``."""
+    return name in _forward_parameters(type(net))
 
 
 def forward_options(net: Any, *, cache: Any = None, use_cache: bool, last_logits_only: bool = False) -> dict[str, Any]:

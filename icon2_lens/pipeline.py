@@ -258,7 +258,7 @@ def stage_evaluate(base: LensModel, trained_dir: str, cfg: dict[str, Any], sets,
     from .generate import Decoding, generate
     from .instructions import load_instructions
     from .models import load_model
-    from .score import degeneracy, score_responses
+    from .score import degeneracy, read_responses
     from .stats import paired_summary
 
     marker = out / "evaluate.json"
@@ -271,18 +271,26 @@ def stage_evaluate(base: LensModel, trained_dir: str, cfg: dict[str, Any], sets,
                                control_layers=intervals, progress=False)
     crit = scores.best_criterion
     config = _pair_config(cfg, base.cfg.n_layers)
-    layers = [list(config.layers) if config.layers is not None else intervals[c] for c in crit]
+    lay_of = {c: list(config.layers) if config.layers is not None else list(intervals[c]) for c in sets}
     decoding = Decoding(max_new_tokens=ev["max_new_tokens"])
     prompts = [render_chat(base.tokenizer, d) for d in held]
     base_out = generate(base, prompts, decoding, batch_size=ev["batch_size"], progress=progress)
     trained = load_model(trained_dir)
     trained_out = generate(trained, prompts, decoding, batch_size=ev["batch_size"], progress=progress)
     del trained
-    ds = [sets[c] for c in crit]
-    a = score_responses(base, held, [g.text for g in trained_out], ds, layers=layers)
-    b = score_responses(base, held, [g.text for g in base_out], ds, layers=layers)
+    # one forward per answer; every criterion's direction is then read off the same residuals
+    need = sorted({x for lay in lay_of.values() for x in lay})
+    site = next(iter(sets.values())).site
+    ra = read_responses(base, held, [g.text for g in trained_out], layers=need, site=site)
+    rb = read_responses(base, held, [g.text for g in base_out], layers=need, site=site)
+    pa = {c: ra.project(sets[c], layers=lay_of[c]) for c in sets}
+    pb = {c: rb.project(sets[c], layers=lay_of[c]) for c in sets}
+    a = {"projection": torch.stack([pa[c][i] for i, c in enumerate(crit)]), "nll": ra.nll, "n_tokens": ra.n_tokens}
+    b = {"projection": torch.stack([pb[c][i] for i, c in enumerate(crit)]), "nll": rb.nll, "n_tokens": rb.n_tokens}
     gap = a["projection"] - b["projection"]
     changed = [t.text != s.text for t, s in zip(trained_out, base_out)]
+    # every held-out answer judged along every criterion: which directions did training move?
+    by_direction = {c: paired_summary(pa[c].numpy(), pb[c].numpy(), seed=cfg["seed"])["mean_gap"] for c in sets}
 
     def bad(gens) -> float:
         return sum(degeneracy(g.text, g.token_ids) is not None for g in gens) / len(gens)
@@ -305,6 +313,7 @@ def stage_evaluate(base: LensModel, trained_dir: str, cfg: dict[str, Any], sets,
         "degenerate_base": bad(base_out),
         "answers_changed": sum(changed) / len(changed),
         "per_criterion": per_criterion,
+        "gap_by_direction": by_direction,
         "judge": "base model: projection of the answer's residual stream (mean over its tokens) on the "
                  "instruction's argmax-criterion direction, averaged over the control layers; win rate counts "
                  "ties as half; 95 % paired bootstrap intervals",

@@ -51,13 +51,14 @@ def _kv(d: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"quantity": list(d), "value": [_fmt(v) for v in d.values()]})
 
 
-def _figure(out: Path, rel: str) -> list[Block]:
-    png = out / f"{rel}.png"
-    page = out / f"{rel}.html"
+def _figure(root: Path, folder: str, name: str) -> list[Block]:
+    """Image and link blocks for figure ``name`` in ``root/folder``, addressed relative to ``root``
+    (where the report is written)."""
+    rel = f"{folder}/{name}"
     blocks: list[Block] = []
-    if png.is_file():
+    if (root / f"{rel}.png").is_file():
         blocks.append(("img", f"{rel}.png"))
-    if page.is_file():
+    if (root / f"{rel}.html").is_file():
         blocks.append(("link", (f"interactive figure: {rel}.html", f"{rel}.html")))
     return blocks
 
@@ -80,7 +81,7 @@ def build_report(out: str | Path) -> list[Block]:
         if rows:
             b.append(("table", pd.DataFrame(rows)))
         for name in cfg.get("extract", {}).get("criteria", []):
-            b += _figure(out / "extract" / "figures", f"{name}_layer_selection")
+            b += _figure(out, "extract/figures", f"{name}_layer_selection")
     else:
         b.append(("p", "pending"))
 
@@ -105,7 +106,7 @@ def build_report(out: str | Path) -> list[Block]:
         b.append(("table", pd.DataFrame({"criterion": list(s["criterion_counts_all"]),
                                          "argmax (all)": list(s["criterion_counts_all"].values()),
                                          "kept": list(s["criterion_counts_kept"].values())})))
-        b += _figure(out / "filter", "consistency")
+        b += _figure(out, "filter", "consistency")
         ex = out / "filter" / "examples.md"
         if ex.is_file():
             b.append(("md", ex.read_text(encoding="utf-8")))
@@ -135,7 +136,7 @@ def build_report(out: str | Path) -> list[Block]:
         b.append(("table", _kv({k: v for k, v in dpo.items() if k not in ("settings", "warnings")})))
         for w in dpo.get("warnings", []):
             b.append(("p", f"**Warning:** {w}"))
-        b += _figure(out / "dpo", "dpo_curves")
+        b += _figure(out, "dpo", "dpo_curves")
     else:
         b.append(("p", "pending"))
 
@@ -144,7 +145,7 @@ def build_report(out: str | Path) -> list[Block]:
     if ev:
         flat = {}
         for k, v in ev.items():
-            if k in ("judge", "per_criterion"):
+            if k in ("judge", "per_criterion", "gap_by_direction"):
                 continue
             if isinstance(v, dict):  # statistics with bootstrap intervals
                 flat.update({f"{k}: {name}": _interval(x) for name, x in v.items()})
@@ -152,7 +153,12 @@ def build_report(out: str | Path) -> list[Block]:
                 flat[k] = v
         b.append(("table", _kv(flat)))
         if ev.get("per_criterion"):
+            b.append(("p", "By argmax criterion of the held-out instruction (gap = trained − base):"))
             b.append(("table", pd.DataFrame([{"criterion": c, **x} for c, x in ev["per_criterion"].items()])))
+        if ev.get("gap_by_direction"):
+            b.append(("p", "Every answer judged along every criterion's direction (mean gap, trained − base):"))
+            b.append(("table", pd.DataFrame([{"direction": c, "mean gap": _interval(x)}
+                                             for c, x in ev["gap_by_direction"].items()])))
         b.append(("p", f"Judge: {ev.get('judge', '')}."))
     else:
         b.append(("p", "pending"))

@@ -21,17 +21,21 @@ Example:
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._hf import accepts, forward_options
 from ._types import LensModel
 from .chat import pad_left, render_chat
 from .directions import DirectionSet
+from .fast import FAST_SITES, _Stop, block_modules, fast_twin
+from .hooks import check_site, normalize_layers, resid_hook_name
 
-__all__ = ["repetition_rate", "degeneracy", "score_responses", "READS"]
+__all__ = ["repetition_rate", "degeneracy", "read_responses", "score_responses", "ResponseReadings", "READS"]
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +64,196 @@ def degeneracy(text: str, tokens: Sequence[int], *, max_repetition: float = 0.5,
 READS: tuple[str, ...] = ("last", "mean")
 
 
-def _keeper(cache: dict[str, Tensor], name: str, read: str):
-    def keep(resid: Tensor, hook) -> None:  # noqa: ARG001
-        cache[name] = resid[:, -1].float() if read == "last" else resid.float()
+@dataclass
+class ResponseReadings:
+    """What the unsteered model makes of each (instruction, response): residual readings, NLL, length.
 
-    return keep
+    Attributes:
+        layers: Layers read, in order.
+        site: Residual site read.
+        read: ``mean`` (over the response tokens) or ``last`` (its last token).
+        readings: ``[n, layer, d_model]`` float32 residual readings.
+        nll: ``[n]`` mean NLL per response token (NaN for an empty response).
+        n_tokens: ``[n]`` response lengths in tokens.
+    """
+
+    layers: list[int]
+    site: str
+    read: str
+    readings: Float[Tensor, "n layer d_model"]
+    nll: Float[Tensor, " n"]
+    n_tokens: Float[Tensor, " n"]
+
+    def project(self, directions: DirectionSet, layers: Sequence[int] | None = None) -> Float[Tensor, " n"]:
+        """Mean over ``layers`` (default: all read layers in the set) of reading · u_l, per response."""
+        use = [x for x in self.layers if x in directions.layers] if layers is None else list(layers)
+        missing = [x for x in use if x not in self.layers]
+        if missing or not use:
+            raise ValueError(f"layers {missing or use} were not read (read: {self.layers})")
+        u = torch.stack([directions[x] for x in use]).to(torch.float32)
+        idx = [self.layers.index(x) for x in use]
+        return torch.einsum("nld,ld->n", self.readings[:, idx], u) / len(use)
+
+
+def _rows(model: LensModel, instructions: Sequence[str], responses: Sequence[str]):
+    tok = model.tokenizer
+    prompts = [tok(render_chat(tok, d), add_special_tokens=False)["input_ids"] for d in instructions]
+    answers = [tok(r, add_special_tokens=False)["input_ids"] if r else [] for r in responses]
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    rows = []
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        row = p + a
+        if n_ctx and len(row) > n_ctx:
+            raise ValueError(f"response {i} with its prompt is {len(row)} tokens, longer than the context ({n_ctx})")
+        rows.append(row)
+    return rows, answers
+
+
+def _forward_twin(model, twin, ids, mask, layers, site, keep):
+    """Residuals ``{layer: [b, pos, d]}`` and the logits of the last ``keep`` positions, from the twin.
+
+    With ``keep=0`` no logits are computed: the pass stops after the last requested layer.
+    """
+    mods = block_modules(model, twin)
+    got: dict[int, Tensor] = {}
+    handles = []
+    last = max(layers)
+
+    def post(layer):
+        def hook(module, args, output):  # noqa: ARG001
+            got[layer] = (output[0] if isinstance(output, tuple) else output).float()
+            if keep == 0 and layer == last:
+                raise _Stop
+
+        return hook
+
+    def pre(layer):
+        def hook(module, args, kwargs):  # noqa: ARG001
+            got[layer] = (args[0] if args else kwargs["hidden_states"]).float()
+            if keep == 0 and layer == last:
+                raise _Stop
+
+        return hook
+
+    try:
+        for layer in layers:
+            if site == "resid_post":
+                handles.append(mods[layer].register_forward_hook(post(layer)))
+            else:
+                handles.append(mods[layer].register_forward_pre_hook(pre(layer), with_kwargs=True))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if keep == 0:
+            try:
+                twin.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                **forward_options(twin.base_model, use_cache=False))
+            except _Stop:
+                pass
+            return got, None
+        options = forward_options(twin, use_cache=False)
+        if accepts(twin, "logits_to_keep"):
+            options["logits_to_keep"] = keep
+        logits = twin(input_ids=ids, attention_mask=mask, position_ids=positions, **options).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return got, logits[:, -keep:]
+
+
+def _forward_bridge(model, ids, mask, layers, site, keep):
+    got: dict[int, Tensor] = {}
+
+    def keeper(layer):
+        def hook(resid: Tensor, hook) -> None:  # noqa: ARG001
+            got[layer] = resid.float()
+
+        return hook
+
+    names = [(resid_hook_name(layer, site), keeper(layer)) for layer in layers]
+    with model.hooks(fwd_hooks=names):
+        if keep == 0:
+            stop = max(layers) + 1
+            model(ids, attention_mask=mask, return_type=None,
+                  stop_at_layer=stop if stop < model.cfg.n_layers else None)
+            return got, None
+        logits = model(ids, attention_mask=mask)
+    return got, logits[:, -keep:]
 
 
 @torch.no_grad()
+def read_responses(
+    model: LensModel,
+    instructions: Sequence[str],
+    responses: Sequence[str],
+    *,
+    layers: Sequence[int],
+    site: str = "resid_post",
+    read: str = "mean",
+    batch_size: int = 8,
+    backend: str = "auto",
+    nll: bool = True,
+    progress: bool = False,
+) -> ResponseReadings:
+    """One forward pass per response under the unsteered model: residual readings, NLL and length.
+
+    Any number of directions can then be read off the result (:meth:`ResponseReadings.project`)
+    without running the model again.
+
+    Args:
+        model: The (unsteered) bridge.
+        instructions: One user instruction per response (wrapped by the chat template).
+        responses: The responses.
+        layers: Layers to read.
+        site: ``resid_pre`` or ``resid_post`` (``resid_mid`` needs ``backend="bridge"``).
+        read: ``mean`` (averaged over every response token) or ``last`` (its last token). An
+            empty response is read at the prompt's last token either way.
+        batch_size: Rows per forward pass.
+        backend: ``auto`` (the SDPA twin of :mod:`icon2_lens.fast` when possible, logits only for
+            the response positions), ``fast`` or ``bridge``; equal up to float rounding.
+        nll: Also compute the NLL (``False``: no logits at all, the pass stops after the last
+            layer read; ``nll`` is then NaN).
+        progress: Show a progress bar.
+    """
+    n = len(responses)
+    if len(instructions) != n:
+        raise ValueError("instructions and responses must have the same length")
+    if n == 0:
+        raise ValueError("no responses to score")
+    if read not in READS:
+        raise ValueError(f"unknown read {read!r}; use one of {', '.join(READS)}")
+    check_site(site)
+    layers = normalize_layers(list(layers), model.cfg.n_layers)
+    if backend not in ("auto", "fast", "bridge"):
+        raise ValueError(f"unknown backend {backend!r}; use auto, fast or bridge")
+    twin = fast_twin(model) if backend != "bridge" and site in FAST_SITES else None
+    if twin is not None and block_modules(model, twin) is None:
+        twin = None
+    if twin is None and backend == "fast":
+        raise ValueError("the fast backend is not available for this model or site; use backend='bridge'")
+    rows, answers = _rows(model, instructions, responses)
+    readings = torch.zeros(n, len(layers), model.cfg.d_model)
+    nlls = torch.full((n,), float("nan"))
+    order = sorted(range(n), key=lambda i: len(rows[i]))
+    for start in tqdm(range(0, n, batch_size), desc="scoring", disable=not progress, unit="batch"):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_left(model.tokenizer, [rows[i] for i in idx])
+        keep = min(max(len(answers[i]) for i in idx) + 1, ids.shape[1]) if nll else 0
+        if twin is not None:
+            got, logits = _forward_twin(model, twin, ids, mask, layers, site, keep)
+        else:
+            got, logits = _forward_bridge(model, ids, mask, layers, site, keep)
+        width = ids.shape[1]
+        for b, i in enumerate(idx):
+            k = len(answers[i])
+            for j, layer in enumerate(layers):
+                resid = got[layer][b]
+                readings[i, j] = resid[-1] if read == "last" else resid[width - max(k, 1) :].mean(0)
+            if k and logits is not None:
+                logp = torch.log_softmax(logits[b, keep - k - 1 : keep - 1].float(), dim=-1)
+                nlls[i] = -logp.gather(-1, ids[b, width - k :].view(-1, 1)).mean()
+    lengths = torch.tensor([float(len(a)) for a in answers])
+    return ResponseReadings(list(layers), site, read, readings, nlls, lengths)
+
+
 def score_responses(
     model: LensModel,
     instructions: Sequence[str],
@@ -77,6 +263,8 @@ def score_responses(
     layers: Sequence[Sequence[int]] | None = None,
     read: str = "mean",
     batch_size: int = 8,
+    backend: str = "auto",
+    nll: bool = True,
     progress: bool = False,
 ) -> dict[str, Float[Tensor, " n"]]:
     """Inherent score and NLL of each response under the unsteered model.
@@ -94,6 +282,8 @@ def score_responses(
             0.94-0.97 against 0.76-0.88 for ``last``, 40 instructions × 10 γ × 3 intervals). An
             empty response is read at the prompt's last token either way.
         batch_size: Rows per forward pass.
+        backend: See :func:`read_responses`.
+        nll: Compute the NLL too (``False``: projection only, cheaper; ``nll`` is NaN).
         progress: Show a progress bar.
 
     Returns:
@@ -105,53 +295,16 @@ def score_responses(
         raise ValueError("instructions, responses and directions must have the same length")
     if n == 0:
         raise ValueError("no responses to score")
-    if read not in READS:
-        raise ValueError(f"unknown read {read!r}; use one of {', '.join(READS)}")
-    tok = model.tokenizer
     layers = [list(ds.layers) for ds in directions] if layers is None else [list(x) for x in layers]
-    need = sorted({layer for ls in layers for layer in ls})
     sites = {ds.site for ds in directions}
     if len(sites) != 1:
         raise ValueError("all direction sets must be read at the same site")
-    site = sites.pop()
-    prompts = [tok(render_chat(tok, d), add_special_tokens=False)["input_ids"] for d in instructions]
-    answers = [tok(r, add_special_tokens=False)["input_ids"] if r else [] for r in responses]
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    rows = []
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        row = p + a
-        if n_ctx and len(row) > n_ctx:
-            raise ValueError(f"response {i} with its prompt is {len(row)} tokens, longer than the context ({n_ctx})")
-        rows.append(row)
+    need = sorted({layer for ls in layers for layer in ls})
+    res = read_responses(model, instructions, responses, layers=need, site=sites.pop(), read=read,
+                         batch_size=batch_size, backend=backend, nll=nll, progress=progress)
     projection = torch.zeros(n)
-    nll = torch.full((n,), float("nan"))
-    order = sorted(range(n), key=lambda i: len(rows[i]))
-    names = [f"blocks.{layer}.hook_{site}" for layer in need]
-    for start in tqdm(range(0, n, batch_size), desc="scoring", disable=not progress, unit="batch"):
-        idx = order[start : start + batch_size]
-        ids, mask = pad_left(tok, [rows[i] for i in idx])
-        cache: dict[str, Tensor] = {}
-
-        with model.hooks(fwd_hooks=[(name, _keeper(cache, name, read)) for name in names]):
-            logits = model(ids, attention_mask=mask)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        width = ids.shape[1]
-        for b, i in enumerate(idx):
-            ds = directions[i]
-            k = len(answers[i])
-            vals = []
-            for layer in layers[i]:
-                resid = cache[names[need.index(layer)]][b]
-                if read == "mean":
-                    resid = resid[width - max(k, 1) :].mean(0)
-                vals.append(float(resid @ ds[layer]))
-            projection[i] = sum(vals) / len(vals)
-            if k:
-                targets = ids[b, width - k :]
-                pred = logp[b, width - k - 1 : width - 1]
-                nll[i] = -pred.gather(-1, targets.view(-1, 1)).mean()
-    return {
-        "projection": projection,
-        "nll": nll,
-        "n_tokens": torch.tensor([float(len(a)) for a in answers]),
-    }
+    for i, ds in enumerate(directions):
+        idx = [need.index(x) for x in layers[i]]
+        u = torch.stack([ds[x] for x in layers[i]]).to(torch.float32)
+        projection[i] = (res.readings[i, idx] * u).sum(-1).mean()
+    return {"projection": projection, "nll": res.nll, "n_tokens": res.n_tokens}

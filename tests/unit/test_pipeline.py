@@ -1,6 +1,7 @@
 """End to end on a tiny model saved as an HF directory: every stage, resume, report."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -52,8 +53,11 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     gap = ev["trained_vs_base"]["mean_gap"]
     assert gap["low"] <= gap["value"] <= gap["high"] and gap["n"] == 4
     assert sum(x["n"] for x in ev["per_criterion"].values()) == 4
+    assert set(ev["gap_by_direction"]) == {"helpfulness", "honesty"}
     report = (out / "report.md").read_text()
     assert "pending" not in report and "Held-out evaluation" in report
+    targets = re.findall(r"\]\(([^)]+)\)", report)
+    assert targets and all((out / t).is_file() for t in targets)  # figures addressed from the report's folder
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {"extract", "synthesize", "filter", "pairs", "dpo", "evaluate"}

@@ -82,3 +82,30 @@ def test_choose_setting_follows_the_rule():
     assert choice["win"] == 1.0
     none = choose_setting(result, min_win=1.1)
     assert "reason" in none
+
+
+@pytest.mark.parametrize("read", ["mean", "last"])
+def test_fast_and_bridge_readings_agree_and_project_any_direction(tiny, read):
+    from icon2_lens.score import read_responses
+
+    ins = ["tell me a story", "what is good food", "help me", "why"]
+    res = ["the cat sat on the mat", "water", "i am very happy today and you", ""]
+    fast = read_responses(tiny, ins, res, layers=[0, 2], read=read, batch_size=3)
+    bridge = read_responses(tiny, ins, res, layers=[0, 2], read=read, batch_size=3, backend="bridge")
+    assert torch.allclose(fast.readings, bridge.readings, atol=1e-5)
+    assert torch.allclose(fast.nll[:3], bridge.nll[:3], atol=1e-5) and torch.isnan(fast.nll[3])
+    ds = _ds(tiny)
+    direct = score_responses(tiny, ins, res, [ds] * 4, layers=[[0, 2]] * 4, read=read)
+    assert torch.allclose(fast.project(ds), direct["projection"], atol=1e-5)
+    with pytest.raises(ValueError, match="were not read"):
+        fast.project(ds, layers=[1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "bridge"])
+def test_projection_only_skips_the_logits(tiny, backend):
+    from icon2_lens.score import read_responses
+
+    ins, res = ["tell me a story", "why"], ["the cat sat on the mat", "water"]
+    full = read_responses(tiny, ins, res, layers=[0, 1], backend=backend)
+    cheap = read_responses(tiny, ins, res, layers=[0, 1], backend=backend, nll=False)
+    assert torch.allclose(full.readings, cheap.readings, atol=1e-6) and torch.isnan(cheap.nll).all()
