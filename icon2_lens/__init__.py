@@ -8,13 +8,19 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .alignez import AlignEZConfig, AlignEZEdit, fit_alignez, generate_alignez, load_alignez
+from .baselines import SOURCES, BaselineConfig, make_pairs
 from .chat import render_chat
 from .clean import CleanReport, clean_instructions
 from .collect import collect_resid
+from .compare import Comparison, compare_pairwise, compare_pointwise, compare_systems
 from .consistency import ConsistencyScores, Selection, score_consistency
+from .cost import CostMeter
 from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria, load_criteria_file
 from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
 from .directions import METHODS, DirectionSet, fit_direction, fit_directions
+from .evaluate import SystemSpec, evaluate_systems, parse_system
+from .experiment import load_experiment_config, run_experiment
 from .extract import (
     ContrastActivations,
     CriterionResult,
@@ -26,8 +32,9 @@ from .extract import (
 )
 from .generate import Decoding, Generation, generate, generate_rows
 from .hooks import normalize_layers, resid_hook_name
-from .instructions import load_instructions, read_instruction_file
+from .instructions import load_eval_instructions, load_instructions, read_instruction_file
 from .io import load_direction_set, load_extraction, save_direction_set
+from .judges import JUDGES, make_judge
 from .models import load_model, model_fingerprint
 from .pairs import KeptInstruction, PairConfig, PairsResult, generate_pairs
 from .pipeline import load_config, run_pipeline
@@ -45,6 +52,27 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlignEZConfig",
+    "AlignEZEdit",
+    "fit_alignez",
+    "generate_alignez",
+    "load_alignez",
+    "SOURCES",
+    "BaselineConfig",
+    "make_pairs",
+    "Comparison",
+    "compare_pairwise",
+    "compare_pointwise",
+    "compare_systems",
+    "CostMeter",
+    "SystemSpec",
+    "evaluate_systems",
+    "parse_system",
+    "load_experiment_config",
+    "run_experiment",
+    "load_eval_instructions",
+    "JUDGES",
+    "make_judge",
     "BUILTIN_CRITERIA",
     "METHODS",
     "ContrastActivations",

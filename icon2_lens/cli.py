@@ -1,4 +1,4 @@
-"""Command line: ``icon2-lens {prepare,extract,synthesize,filter,pairs,sweep,dpo,run} ...``.
+"""Command line: ``icon2-lens {prepare,extract,synthesize,filter,pairs,sweep,dpo,run,experiment,eval,alignez} ...``.
 
 Run ``icon2-lens <command> --help`` for the options. Every command writes its results into
 ``--out`` as it goes and resumes from there when re-run with the same settings.
@@ -134,6 +134,25 @@ def _add_pipeline_commands(sub) -> None:
     ru.add_argument("--out", default="runs/default")
     ru.add_argument("--stop-after", default=None, help="stop after this stage")
     _common(ru, model=False)
+
+    xp = sub.add_parser("experiment", help="Icon² vs baseline pair sources and AlignEZ: DPO per source, "
+                        "judged on held-out instructions; results and cost tables")
+    xp.add_argument("--config", default="configs/experiment-small.toml",
+                    help="TOML config (default configs/experiment-small.toml)")
+    xp.add_argument("--out", default="runs/experiment")
+    _common(xp, model=False)
+
+    from .evaluate import add_eval_arguments
+
+    ev = sub.add_parser("eval", help="answer held-out instructions with several systems and compare them "
+                        "with judges (win rate, length-controlled win rate, intervals)")
+    add_eval_arguments(ev)
+
+    from .alignez import add_alignez_arguments
+
+    az = sub.add_parser("alignez", help="AlignEZ: fit an inference-time edit from self-generated preferences, "
+                        "or generate with one")
+    add_alignez_arguments(az)
 
 
 def _pair_options(p: argparse.ArgumentParser) -> None:
@@ -352,6 +371,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiment import load_experiment_config, run_experiment
+
+    cfg = load_experiment_config(args.config)
+    t0 = time.perf_counter()
+    run_experiment(cfg, args.out, progress=not args.no_progress, png=not args.no_png)
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; report: {(Path(args.out) / 'report.md').resolve()}")
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from .models import DEFAULT_MODEL, embedded_model_dir
 
@@ -376,7 +405,19 @@ def main(argv: list[str] | None = None) -> int:
             from .dpo import cli_dpo
 
             return cli_dpo(args)
-        commands = {"synthesize": _synthesize, "filter": _filter, "pairs": _pairs, "sweep": _sweep, "run": _run}
+        if args.command == "eval":
+            from .evaluate import cli_eval, results_frame
+
+            result = cli_eval(args)
+            print(results_frame(result).to_string(index=False))
+            print(f"\nwritten: {(Path(args.out) / 'eval.json').resolve()}")
+            return 0
+        if args.command == "alignez":
+            from .alignez import cli_alignez
+
+            return cli_alignez(args)
+        commands = {"synthesize": _synthesize, "filter": _filter, "pairs": _pairs, "sweep": _sweep, "run": _run,
+                    "experiment": _experiment}
         if args.command in commands:
             return commands[args.command](args)
     except (ValueError, KeyError, RuntimeError) as e:

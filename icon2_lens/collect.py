@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ._types import LensModel
 from .chat import encode_prompts, pad_left
+from .cost import count_forward
 from .fast import (
     FAST_SITES,
     block_modules,
@@ -137,6 +138,7 @@ def collect_resid(
             ids, mask = pad_left(tokenizer, [encoded[i] for i in batch])
             rows["current"] = torch.tensor(batch)
             model(ids.to(device), attention_mask=mask.to(device), return_type=None, stop_at_layer=stop_at)
+            count_forward(int(mask.sum()))
             if any(f != k + 1 for f in fired):
                 raise RuntimeError(f"a residual hook fired {fired} times after {k + 1} forward passes")
     logger.debug("cached %d prompts at %d layers (%s)", len(texts), len(layer_list), site)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ._hf import forward_options, output_cache
 from ._types import LensModel
+from .cost import count_forward
 from .steer import _tl_hook
 
 __all__ = [
@@ -188,6 +189,7 @@ def prefix_cache(twin, prefix: Sequence[int]) -> Any:
     """The KV cache of one forward of the twin over ``prefix`` (batch 1), to continue from."""
     body = twin.base_model
     ids = torch.tensor([list(prefix)], dtype=torch.long)
+    count_forward(ids.shape[1])
     return output_cache(body(input_ids=ids, **forward_options(body, use_cache=True)))
 
 
@@ -241,6 +243,7 @@ def twin_residuals(
                 handles.append(mods[layer].register_forward_hook(post(j, layer == last)))
             else:
                 handles.append(mods[layer].register_forward_pre_hook(pre(j), with_kwargs=True))
+        count_forward(int(mask.sum()))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         body = twin.base_model
         if prefix is None:

@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -40,7 +40,9 @@ from tqdm.auto import tqdm
 from ._hf import forward_options, output_cache
 from ._types import LensModel
 from .chat import encode_prompts, pad_left
+from .cost import count_forward
 from .fast import attached, block_modules, fast_twin
+from .hooks import validate_hook_names
 from .steer import RowSelection, SteeringSpec, make_steering_adders
 from .template import user_turn_template
 
@@ -51,6 +53,7 @@ __all__ = [
     "generate_rows",
     "stop_token_ids",
     "BACKENDS",
+    "ResidualEditor",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,26 @@ class Generation:
     finished: bool
 
 
+@runtime_checkable
+class ResidualEditor(Protocol):
+    """A data-dependent edit of the residual stream during generation (e.g. :mod:`icon2_lens.alignez`).
+
+    Where a :class:`~icon2_lens.steer.SteeringSpec` adds a fixed vector, an editor maps the
+    residual tensor to a new one. ``hook_names`` lists the TransformerLens hook points it edits
+    (``resid_pre``/``resid_post`` sites run on the fast backend). For each batch the generation
+    loop calls :meth:`bind` with the batch's :class:`~icon2_lens.steer.RowSelection` (which rows
+    are still generating), the ids of its rows (prompt indices for :func:`generate`) and the
+    padded prompt length; it returns ``(hook_name, fn)`` pairs with ``fn(resid) -> resid``
+    attached for that batch only.
+    """
+
+    hook_names: Sequence[str]
+
+    def bind(
+        self, rows: RowSelection, row_ids: Sequence[int], prompt_len: int
+    ) -> list[tuple[str, Any]]: ...
+
+
 def stop_token_ids(tokenizer) -> set[int]:
     """Token ids that end an assistant or user turn: EOS plus the template's end-of-turn token.
 
@@ -140,12 +163,14 @@ def stop_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _choose_backend(model: LensModel, specs: Sequence[SteeringSpec], backend: str):
+def _choose_backend(model: LensModel, specs: Sequence[SteeringSpec], backend: str,
+                    editors: Sequence[ResidualEditor] = ()):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "bridge":
         return None
-    sites_ok = all(spec.directions.site in ("resid_pre", "resid_post") for spec in specs)
+    sites_ok = all(spec.directions.site in ("resid_pre", "resid_post") for spec in specs) and all(
+        name.endswith(("hook_resid_pre", "hook_resid_post")) for e in editors for name in e.hook_names)
     twin = fast_twin(model) if sites_ok else None
     if twin is not None and block_modules(model, twin) is None:
         twin = None
@@ -209,9 +234,11 @@ def _generate_batch(
                 result = net(input_ids=x, attention_mask=mask, position_ids=pos,
                              **forward_options(net, cache=cache, use_cache=True, last_logits_only=True))
                 cache = output_cache(result)
+                count_forward(int(mask.sum()) if step == 0 else x.shape[0], generated=x.shape[0])
             else:
                 result = net(input_ids=seq, attention_mask=mask, position_ids=positions,
                              **forward_options(net, use_cache=False, last_logits_only=True))
+                count_forward(int(mask.sum()), generated=seq.shape[0])
             logits = result.logits[:, -1, :]
             token = _pick(logits, decoding, [generators[i] for i in active.tolist()])
             done = torch.isin(token, stop_tensor) if decoding.stop else torch.zeros_like(token, dtype=torch.bool)
@@ -246,11 +273,14 @@ def generate_rows(
     steering: Sequence[SteeringSpec] = (),
     row_seeds: Sequence[int] | None = None,
     backend: str = "auto",
+    editors: Sequence[ResidualEditor] = (),
+    row_ids: Sequence[int] | None = None,
 ) -> list[Generation]:
     """Generate one continuation per token row, as one batch (see :func:`generate`).
 
     ``steering`` specs may carry per-row γ (one per row). Their ``prompt_len`` is filled in here
-    (the padded prompt length) for ``positions="generated"``.
+    (the padded prompt length) for ``positions="generated"``. ``editors`` are bound to this batch
+    with ``row_ids`` (default ``0..n-1``).
     """
     decoding = decoding or Decoding()
     if len(rows) == 0:
@@ -274,13 +304,22 @@ def generate_rows(
                 raise ValueError(
                     f"{len(g)} per-row gammas for {len(rows)} rows: pass one gamma per row"
                 )
-    twin = _choose_backend(model, specs, backend)
+    editors = list(editors)
+    for editor in editors:
+        validate_hook_names(model, list(editor.hook_names))
+    row_ids = list(range(len(rows))) if row_ids is None else list(row_ids)
+    if len(row_ids) != len(rows):
+        raise ValueError(f"{len(row_ids)} row ids for {len(rows)} rows")
+    twin = _choose_backend(model, specs, backend, editors)
 
     def adders_for(prompt_len: int, selection: RowSelection):
-        if not specs:
-            return []
-        fixed = [_with_prompt_len(s, prompt_len) for s in specs]
-        return make_steering_adders(model, fixed, rows=selection)
+        out = []
+        if specs:
+            fixed = [_with_prompt_len(s, prompt_len) for s in specs]
+            out.extend(make_steering_adders(model, fixed, rows=selection))
+        for editor in editors:
+            out.extend(editor.bind(selection, row_ids, prompt_len))
+        return out
 
     stops = stop_token_ids(model.tokenizer)
     raw = _generate_batch(model, twin, rows, adders_for, decoding, stops, row_seeds)
@@ -305,6 +344,7 @@ def generate(
     batch_size: int = 16,
     backend: str = "auto",
     progress: bool = False,
+    editors: Sequence[ResidualEditor] = (),
 ) -> list[Generation]:
     """Generate a continuation for each rendered prompt, in batches, in input order.
 
@@ -317,6 +357,8 @@ def generate(
         batch_size: Rows per forward pass.
         backend: ``auto`` (fast twin when possible), ``fast`` or ``bridge``.
         progress: Show a progress bar.
+        editors: Residual editors (:class:`ResidualEditor`), bound per batch with the prompts'
+            indices as row ids.
 
     Returns:
         One :class:`Generation` per prompt; row ``i`` is seeded by its index ``i``.
@@ -338,6 +380,8 @@ def generate(
                 steering=steering,
                 row_seeds=range(start, start + len(chunk)),
                 backend=backend,
+                editors=editors,
+                row_ids=range(start, start + len(chunk)),
             )
         )
     return out

@@ -1,5 +1,7 @@
 """Built-in extraction instructions: everyday user requests with a fixed held-out split.
 
+A separate benign/harmful evaluation set ships alongside them (:func:`load_eval_instructions`).
+
 Example:
     >>> len(load_instructions("train")), len(load_instructions("heldout"))
     (256, 96)
@@ -10,13 +12,71 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["load_instructions", "read_instruction_file"]
+__all__ = ["load_eval_instructions", "load_instructions", "read_instruction_file"]
+
+EVAL_KINDS = ("benign", "harmful")
 
 
 @lru_cache(maxsize=1)
 def _builtin() -> dict:
     with resources.files("icon2_lens").joinpath("data/instructions.json").open(encoding="utf-8") as f:
         return json.load(f)
+
+
+@lru_cache(maxsize=1)
+def _builtin_eval() -> tuple[dict, ...]:
+    path = resources.files("icon2_lens").joinpath("data/eval_instructions.jsonl")
+    with path.open(encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+def load_eval_instructions(kind: str | None = None, n: int | None = None) -> list[dict]:
+    """The built-in evaluation instructions, optionally of one ``kind``, first ``n`` of them.
+
+    A separate set from the train/held-out extraction splits (it shares no instruction with
+    either): 96 everyday ``"benign"`` requests and 32 ``"harmful"`` ones a responsible assistant
+    should decline or redirect, for measuring helpfulness and refusal on text the directions
+    never saw. Records come back in file order (``b001``... then ``h001``...) and are fresh
+    copies, so editing them does not touch the built-in set.
+
+    Args:
+        kind: ``"benign"``, ``"harmful"``, or ``None`` for both.
+        n: Keep only the first ``n`` records after filtering; ``None`` keeps all of them.
+
+    Returns:
+        Dicts with ``id``, ``instruction``, ``kind`` and ``category`` (one of e.g.
+        ``"fraud"``, ``"privacy"``, ``"weapons"`` for harmful records, ``None`` for benign).
+
+    Raises:
+        ValueError: Unknown ``kind``, ``n`` below 1, or more records asked for than exist.
+
+    Example:
+        >>> from collections import Counter
+        >>> Counter(r["kind"] for r in load_eval_instructions())
+        Counter({'benign': 96, 'harmful': 32})
+        >>> [r["id"] for r in load_eval_instructions("harmful", n=2)]
+        ['h001', 'h002']
+        >>> load_eval_instructions("benign", n=1)[0]["category"] is None
+        True
+    """
+    if kind is not None and kind not in EVAL_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(map(repr, EVAL_KINDS))} or None")
+    items = [
+        {"id": r["id"], "instruction": r["instruction"], "kind": r["kind"], "category": r.get("category")}
+        for r in _builtin_eval()
+        if kind is None or r["kind"] == kind
+    ]
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if n > len(items):
+            what = f"{kind} evaluation" if kind else "evaluation"
+            raise ValueError(
+                f"asked for {n} {what} instructions but only {len(items)} are built in; "
+                "pass fewer or supply your own with an instructions file"
+            )
+        items = items[:n]
+    return items
 
 
 def load_instructions(split: str = "train", n: int | None = None) -> list[str]:

@@ -14,7 +14,11 @@ Records follow TRL's conversational preference format with an explicit prompt, p
     {"prompt": [{"role": "user", "content": ...}],
      "chosen": [{"role": "assistant", "content": ...}],
      "rejected": [{"role": "assistant", "content": ...}],
-     "icon2_index": 17, "icon2_criterion": "helpfulness", "icon2_gamma_pos": 0.04, ...}
+     "icon2_index": 17, "icon2_criterion": "helpfulness", "icon2_source": "icon2",
+     "icon2_gamma_pos": 0.04, ...}
+
+``icon2_source`` names what made the pair (``icon2`` here; :mod:`icon2_lens.baselines` writes the
+same format for its baselines), so pairs of different origins can be trained and evaluated alike.
 
 Writing is incremental (one fsync'd append per batch) and resumable: every instruction ends up in
 exactly one line of ``pairs.jsonl`` or ``dropped.jsonl``; a re-run skips the instructions already
@@ -39,7 +43,7 @@ from tqdm.auto import tqdm
 from ._types import LensModel
 from .chat import encode_prompts, render_chat
 from .directions import DirectionSet
-from .generate import Decoding, generate_rows
+from .generate import Decoding, Generation, generate_rows
 from .io import append_jsonl, read_jsonl
 from .models import model_fingerprint
 from .score import degeneracy
@@ -169,9 +173,10 @@ def _resolve_layers(
     return out
 
 
-def _settings_doc(model: LensModel, config: PairConfig, sets, layers) -> dict[str, Any]:
+def _settings_doc(model: LensModel, config: PairConfig, sets, layers, source: str = "icon2") -> dict[str, Any]:
     return {
         "format": "icon2-lens pairs v1",
+        "source": source,
         "pair_config": config.settings(),
         "layers": layers,
         "direction_ids": {name: direction_set_id(ds) for name, ds in sets.items()},
@@ -181,16 +186,107 @@ def _settings_doc(model: LensModel, config: PairConfig, sets, layers) -> dict[st
     }
 
 
-def _check_resume(path: Path, want: dict[str, Any]) -> None:
+def _check_resume(path: Path, want: dict[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume onto ``path`` written with other settings (``defaults`` fill keys older files lack)."""
     if not path.is_file():
         return
-    have = json.loads(path.read_text(encoding="utf-8"))
+    have = {**(defaults or {}), **json.loads(path.read_text(encoding="utf-8"))}
     if json.loads(json.dumps(want)) != have:
         diff = sorted(k for k in set(want) | set(have) if json.loads(json.dumps(want.get(k))) != have.get(k))
         raise ValueError(
             f"{path.parent} holds pairs written with different settings (differences in: {', '.join(diff)}); "
             "choose another output directory or delete it to start over"
         )
+
+
+class _PairStore:
+    """The pairs and drops of one run: read back from ``out`` (resuming) and appended to it batch by batch.
+
+    Every instruction ends up in exactly one line of ``pairs.jsonl`` or ``dropped.jsonl``; the
+    directory's ``settings.json`` must match ``settings`` (keys it lacks are taken from
+    ``defaults``, and records read back get ``fill`` for keys they lack). Without ``out``
+    everything stays in memory.
+    """
+
+    def __init__(
+        self,
+        out: str | Path | None,
+        settings: dict[str, Any],
+        ids: Sequence[int],
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        fill: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.ids = list(ids)
+        self.records: list[dict[str, Any]] = []
+        self.dropped: list[dict[str, Any]] = []
+        self.pairs_path: Path | None = None
+        self.dropped_path: Path | None = None
+        if out is not None:
+            out_dir = Path(out)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _check_resume(out_dir / "settings.json", settings, defaults)
+            (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+            self.pairs_path, self.dropped_path = out_dir / "pairs.jsonl", out_dir / "dropped.jsonl"
+            self.records = read_jsonl(self.pairs_path, repair=True)
+            self.dropped = read_jsonl(self.dropped_path, repair=True)
+            for rec in self.records + self.dropped:
+                for key, value in (fill or {}).items():
+                    rec.setdefault(key, value)
+        self.done = {r["icon2_index"] for r in self.records} | {r["icon2_index"] for r in self.dropped}
+        unknown = self.done - set(self.ids)
+        if unknown:
+            raise ValueError(
+                f"{out} holds pairs for instructions {sorted(unknown)[:5]} that are not in this run's list; "
+                "use another output directory"
+            )
+        if self.done:
+            log.info("resuming: %d of %d instructions already done", len(self.done), len(self.ids))
+
+    def todo(self, kept: Sequence[KeptInstruction], batch_size: int) -> list[list[KeptInstruction]]:
+        """Fixed slices of ``kept`` (so resuming does not change batches), without what is done."""
+        batches = [list(kept[i : i + batch_size]) for i in range(0, len(kept), batch_size)]
+        todo = [[k for k in b if k.index not in self.done] for b in batches]
+        return [b for b in todo if b]
+
+    def add(self, new_pairs: list[dict[str, Any]], new_drops: list[dict[str, Any]]) -> None:
+        """Keep one batch's pairs and drops, appending them to the files first."""
+        if self.pairs_path is not None:
+            append_jsonl(self.dropped_path, new_drops)
+            append_jsonl(self.pairs_path, new_pairs)  # written last: a batch counts as done once its pairs are
+        self.records.extend(new_pairs)
+        self.dropped.extend(new_drops)
+
+    def result(self) -> PairsResult:
+        """Everything done so far, in instruction order, with :func:`pair_counts`."""
+        order = {i: n for n, i in enumerate(self.ids)}
+        self.records.sort(key=lambda r: order[r["icon2_index"]])
+        self.dropped.sort(key=lambda r: order[r["icon2_index"]])
+        return PairsResult(self.records, self.dropped, pair_counts(self.records, self.dropped, len(self.ids)))
+
+
+def _check_kept(kept: Sequence[KeptInstruction]) -> list[int]:
+    """The instruction indices of ``kept``, which must be non-empty and unique."""
+    if not kept:
+        raise ValueError("no instructions to make pairs from")
+    ids = [k.index for k in kept]
+    if len(set(ids)) != len(ids):
+        raise ValueError("instruction indices must be unique")
+    return ids
+
+
+def _pair_verdict(c: Generation, r: Generation, max_repetition: float) -> tuple[str | None, str | None]:
+    """``(drop reason or None, why the rejected response is degenerate or None)`` for one pair."""
+    c_bad = degeneracy(c.text, c.token_ids, max_repetition=max_repetition)
+    r_bad = degeneracy(r.text, r.token_ids, max_repetition=max_repetition)
+    reason = None
+    if c_bad:
+        reason = f"chosen_{c_bad}"
+    elif r_bad:
+        reason = f"rejected_{r_bad}"
+    elif c.text == r.text:
+        reason = "identical"
+    return reason, r_bad
 
 
 def _record(item: KeptInstruction, chosen: str, rejected: str, prov: dict[str, Any]) -> dict[str, Any]:
@@ -216,6 +312,7 @@ def generate_pairs(
     out: str | Path | None = None,
     progress: bool = True,
     limit: int | None = None,
+    source: str = "icon2",
 ) -> PairsResult:
     """Generate steered chosen/rejected pairs for ``kept`` instructions.
 
@@ -229,20 +326,21 @@ def generate_pairs(
             what is already there.
         progress: Show a progress bar.
         limit: Stop after this many new batches (for tests of resuming).
+        source: What made the pairs, recorded as ``icon2_source`` and in ``settings.json``
+            (``icon2_unfiltered`` for :func:`icon2_lens.baselines.make_icon2_unfiltered_pairs`).
+            A directory whose ``settings.json`` predates the field counts as ``icon2``.
 
     Returns:
         All pairs and drops in ``out`` (or made now), with counts.
     """
     config = config or PairConfig()
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"source must be a non-empty string, got {source!r}")
     if isinstance(direction_sets, Mapping):
         sets = dict(direction_sets)
     else:
         sets = {ds.criterion: ds for ds in direction_sets}
-    if not kept:
-        raise ValueError("no instructions to make pairs from")
-    ids = [k.index for k in kept]
-    if len(set(ids)) != len(ids):
-        raise ValueError("instruction indices must be unique")
+    ids = _check_kept(kept)
     missing = sorted({k.criterion for k in kept} - set(sets))
     if missing:
         raise ValueError(f"no direction set for criteria {missing}; extract them first")
@@ -254,34 +352,14 @@ def generate_pairs(
                 "they come from another model"
             )
     layers = _resolve_layers(config, sets, intervals)
-    settings = _settings_doc(model, config, sets, layers)
-
-    pairs_path = dropped_path = None
-    records: list[dict[str, Any]] = []
-    dropped: list[dict[str, Any]] = []
-    if out is not None:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _check_resume(out_dir / "settings.json", settings)
-        (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
-        pairs_path, dropped_path = out_dir / "pairs.jsonl", out_dir / "dropped.jsonl"
-        records = read_jsonl(pairs_path, repair=True)
-        dropped = read_jsonl(dropped_path, repair=True)
-    done = {r["icon2_index"] for r in records} | {r["icon2_index"] for r in dropped}
-    unknown = done - set(ids)
-    if unknown:
-        raise ValueError(
-            f"{out} holds pairs for instructions {sorted(unknown)[:5]} that are not in this run's list; "
-            "use another output directory"
-        )
+    settings = _settings_doc(model, config, sets, layers, source)
+    # files from before the source field are Icon² pairs
+    store = _PairStore(out, settings, ids, defaults={"source": "icon2"}, fill={"icon2_source": "icon2"})
 
     n_ctx = getattr(model.cfg, "n_ctx", None)
-    batches = [list(kept[i : i + config.batch_size]) for i in range(0, len(kept), config.batch_size)]
-    todo = [[k for k in b if k.index not in done] for b in batches]
-    todo = [b for b in todo if b]
-    if done:
-        log.info("resuming: %d of %d instructions already done", len(done), len(kept))
+    todo = store.todo(kept, config.batch_size)
     prov_common = {
+        "icon2_source": source,
         "icon2_gamma_pos": config.gamma_pos,
         "icon2_gamma_neg": config.gamma_neg,
         "icon2_unit": config.unit,
@@ -322,15 +400,7 @@ def generate_pairs(
                 "icon2_chosen_finished": c.finished,
                 "icon2_rejected_finished": r.finished,
             }
-            c_bad = degeneracy(c.text, c.token_ids, max_repetition=config.max_repetition)
-            r_bad = degeneracy(r.text, r.token_ids, max_repetition=config.max_repetition)
-            reason = None
-            if c_bad:
-                reason = f"chosen_{c_bad}"
-            elif r_bad:
-                reason = f"rejected_{r_bad}"
-            elif c.text == r.text:
-                reason = "identical"
+            reason, r_bad = _pair_verdict(c, r, config.max_repetition)
             rec = _record(item, c.text, r.text, prov)
             if reason is None:
                 new_pairs.append(rec)
@@ -338,15 +408,8 @@ def generate_pairs(
                 rec["icon2_drop_reason"] = reason
                 rec["icon2_rejected_degenerate"] = r_bad
                 new_drops.append(rec)
-        if pairs_path is not None:
-            append_jsonl(dropped_path, new_drops)
-            append_jsonl(pairs_path, new_pairs)  # written last: a batch counts as done once its pairs are
-        records.extend(new_pairs)
-        dropped.extend(new_drops)
-    order = {i: n for n, i in enumerate(ids)}
-    records.sort(key=lambda r: order[r["icon2_index"]])
-    dropped.sort(key=lambda r: order[r["icon2_index"]])
-    return PairsResult(records, dropped, pair_counts(records, dropped, len(kept)))
+        store.add(new_pairs, new_drops)
+    return store.result()
 
 
 def pair_counts(records: Sequence[Mapping], dropped: Sequence[Mapping], n_instructions: int) -> dict[str, Any]:

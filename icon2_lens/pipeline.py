@@ -80,18 +80,22 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> di
     return out
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as a dict; a missing file or bad TOML raises ``ValueError`` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p}: not valid TOML ({e})") from e
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
     """The defaults, updated from a TOML file and then from ``overrides`` (section -> dict)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {str(p)!r} does not exist")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{p}: not valid TOML ({e})") from e
-        cfg = _merge(cfg, data)
+        cfg = _merge(cfg, read_toml(path))
     return _merge(cfg, overrides)
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .io import read_jsonl
 
-__all__ = ["build_report", "write_report", "markdown_table"]
+__all__ = ["build_report", "write_report", "markdown_table", "render_markdown", "render_html"]
 
 Block = tuple[str, Any]
 
@@ -205,6 +205,17 @@ def _html(blocks: list[Block], title: str) -> str:
              "img{max-width:100%}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """Blocks (``("h1", text)``, ``("p", text)``, ``("table", DataFrame)``, ``("img", path)``,
+    ``("link", (label, path))``, ``("pre", text)``) as Markdown."""
+    return _md(blocks)
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """The same blocks as a self-contained HTML page."""
+    return _html(blocks, title)
 
 
 def write_report(out: str | Path, *, png: bool = True) -> tuple[Path, Path]:  # noqa: ARG001

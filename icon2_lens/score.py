@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ._hf import accepts, forward_options
 from ._types import LensModel
 from .chat import pad_left, render_chat
+from .cost import count_forward
 from .directions import DirectionSet
 from .fast import FAST_SITES, _Stop, block_modules, fast_twin
 from .hooks import check_site, normalize_layers, resid_hook_name
@@ -241,6 +242,7 @@ def read_responses(
             got, logits = _forward_twin(model, twin, ids, mask, layers, site, keep)
         else:
             got, logits = _forward_bridge(model, ids, mask, layers, site, keep)
+        count_forward(int(mask.sum()))
         width = ids.shape[1]
         for b, i in enumerate(idx):
             k = len(answers[i])

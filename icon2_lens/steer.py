@@ -204,7 +204,7 @@ class SteeringAdder:
         return resid + add * mask
 
 
-def _tl_hook(adder: SteeringAdder) -> Callable:
+def _tl_hook(adder: Callable[[Tensor], Tensor]) -> Callable:
     def hook(resid: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens passes `hook`
         return adder(resid)
 

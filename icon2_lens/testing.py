@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 __all__ = [
     "TINY_WORDS",
+    "JUDGE_LABELS",
     "tiny_tokenizer",
     "tiny_model",
     "tiny_hf_model",
@@ -44,13 +45,19 @@ _CHAT_TEMPLATE = (
 )
 
 
+#: Appended to the vocabulary by ``tiny_tokenizer(judge_labels=True)``: the answer labels of the
+#: self-judges (ratings 1-9, responses A/B), after every other word so the other ids do not move.
+JUDGE_LABELS: tuple[str, ...] = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A", "B")
+
+
 @lru_cache(maxsize=4)
-def _tiny_tokenizer_dir(chat_template: bool) -> str:
+def _tiny_tokenizer_dir(chat_template: bool, judge_labels: bool = False) -> str:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<bos>", "<end>", "<unk>", "<turn>"]
-    vocab = {w: i for i, w in enumerate([*specials, *TINY_WORDS, ":"])}
+    words = [*specials, *TINY_WORDS, ":", *(JUDGE_LABELS if judge_labels else ())]
+    vocab = {w: i for i, w in enumerate(words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
@@ -65,7 +72,7 @@ def _tiny_tokenizer_dir(chat_template: bool) -> str:
         tok.chat_template = _CHAT_TEMPLATE
     # Round-trip through disk: TransformerLens reads init_kwargs["name_or_path"], which an
     # in-memory tokenizer lacks. One directory per variant, shared by processes, written atomically.
-    out = Path(tempfile.gettempdir()) / f"icon2_lens_tiny_tokenizer_v1_{int(chat_template)}"
+    out = Path(tempfile.gettempdir()) / f"icon2_lens_tiny_tokenizer_v1_{int(chat_template)}{'_j' * judge_labels}"
     if not (out / "tokenizer_config.json").is_file():
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
         tok.save_pretrained(tmp)
@@ -76,12 +83,13 @@ def _tiny_tokenizer_dir(chat_template: bool) -> str:
     return str(out)
 
 
-def tiny_tokenizer(*, chat_template: bool = True) -> PreTrainedTokenizerBase:
+def tiny_tokenizer(*, chat_template: bool = True, judge_labels: bool = False) -> PreTrainedTokenizerBase:
     """A word-level tokenizer over :data:`TINY_WORDS` with a small chat template.
 
     Args:
         chat_template: Attach the chat template (``False`` builds a "base model" tokenizer, for
             testing the error raised on models without one).
+        judge_labels: Also know :data:`JUDGE_LABELS`, so the self-judges can read a verdict.
 
     Returns:
         A fresh ``PreTrainedTokenizerFast`` (left padding, ``<end>`` as end of turn).
@@ -91,7 +99,7 @@ def tiny_tokenizer(*, chat_template: bool = True) -> PreTrainedTokenizerBase:
         >>> tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False)
         '<bos><turn> user : hello <end> '
     """
-    tok = AutoTokenizer.from_pretrained(_tiny_tokenizer_dir(chat_template), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(_tiny_tokenizer_dir(chat_template, judge_labels), local_files_only=True)
     tok.padding_side = "left"
     return tok
 
@@ -102,8 +110,13 @@ def tiny_causal_lm(
     n_layers: int = 3,
     d_model: int = 16,
     seed: int = 0,
+    attentive: bool = False,
 ):
     """The plain Hugging Face tiny Llama (not wrapped), e.g. to save as a model directory.
+
+    With the default weights the output barely depends on the context (the scaled-up embeddings
+    swamp what attention adds); ``attentive=True`` scales the attention projections up so that,
+    e.g., a system prompt changes the greedy answer.
 
     Example:
         >>> tiny_causal_lm(n_layers=2).config.num_hidden_layers
@@ -133,6 +146,10 @@ def tiny_causal_lm(
         # activations differ clearly between prompts.
         with torch.no_grad():
             hf.model.embed_tokens.weight.mul_(50.0)
+            if attentive:
+                for layer in hf.model.layers:
+                    for proj, scale in (("q_proj", 5), ("k_proj", 5), ("v_proj", 20), ("o_proj", 20)):
+                        getattr(layer.self_attn, proj).weight.mul_(scale)
     finally:
         torch.random.set_rng_state(generator_state)
     hf.generation_config.pad_token_id = tok.pad_token_id
@@ -140,8 +157,11 @@ def tiny_causal_lm(
     return hf
 
 
-def save_tiny_model(path: str | Path, **kwargs) -> Path:
+def save_tiny_model(path: str | Path, *, judge_labels: bool = False, **kwargs) -> Path:
     """Save the tiny model and its tokenizer as an HF directory that ``load_model(path)`` accepts.
+
+    ``judge_labels`` gives the tokenizer the self-judges' answer labels (see :func:`tiny_tokenizer`);
+    other keyword arguments go to :func:`tiny_causal_lm`.
 
     Example:
         >>> import tempfile
@@ -151,7 +171,7 @@ def save_tiny_model(path: str | Path, **kwargs) -> Path:
         3
     """
     path = Path(path)
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(judge_labels=judge_labels)
     tiny_causal_lm(tok, **kwargs).save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -1,0 +1,80 @@
+"""The experiment runner on a tiny model: every source, DPO per source, AlignEZ, evaluation, report."""
+
+import json
+import re
+
+import pytest
+
+from icon2_lens.experiment import run_experiment
+from icon2_lens.io import read_jsonl
+from icon2_lens.testing import save_tiny_model
+
+SOURCES = ["icon2", "sp", "sampling_ranking", "self_rewarding", "icon2_unfiltered"]
+
+
+def test_experiment_end_to_end(tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning):
+    cfg = tiny_experiment_config(tiny_experiment_model)
+    out = tmp_path / "xp"
+    result = run_experiment(cfg, out, progress=False, png=False)
+    n_train = json.loads((out / "experiment.json").read_text())["n_train_pairs"]
+    assert 1 <= n_train <= 2
+    for source in SOURCES:
+        records = read_jsonl(out / "pairs" / source / "pairs.jsonl")
+        assert records and all(r["icon2_source"] == source for r in records)
+        log = json.loads((out / "dpo" / source / "dpo_log.json").read_text())
+        assert log["n_records"] == n_train  # the same number of pairs for every source
+    # the unfiltered source draws from the whole pool, the others from the kept instructions
+    kept = {k["index"] for k in read_jsonl(out / "filter" / "kept.jsonl")}
+    for source in ("icon2", "sp", "sampling_ranking", "self_rewarding"):
+        assert {r["icon2_index"] for r in read_jsonl(out / "pairs" / source / "pairs.jsonl")} <= kept
+    assert set(result["comparisons"]) == set(SOURCES) | {"alignez"}
+    for by_judge in result["comparisons"].values():
+        assert set(by_judge) == {"inherent", "self_pairwise", "fluency", "refusal"}
+        for c in by_judge.values():
+            w = c["win_rate"]
+            assert 0 <= w["low"] <= w["value"] <= w["high"] <= 1
+        assert by_judge["refusal"]["n"] == 2 and by_judge["fluency"]["n"] <= 6
+    costs = json.loads((out / "costs.json").read_text())
+    for stage in ("icon2/extract", "icon2/filter", "icon2/pairs", "sampling_ranking/judge", "self_rewarding/judge",
+                  "common/synthesize", "alignez/fit"):
+        assert costs[stage]["seconds"] > 0 and costs[stage]["forward_tokens"] > 0, stage
+    report = (out / "report.md").read_text()
+    assert "Table 1" in report and "Table 4" in report and "pending" not in report
+    targets = re.findall(r"\]\(([^)]+)\)", report)
+    assert all((out / t).is_file() for t in targets)
+    # finished: a second call redoes nothing and gives the same result
+    again = run_experiment(cfg, out, progress=False, png=False)
+    assert again == json.loads((out / "eval" / "eval.json").read_text())
+    assert json.loads((out / "costs.json").read_text())["icon2/pairs"]["forward_tokens"] == \
+        costs["icon2/pairs"]["forward_tokens"]
+
+
+def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning):
+    model_dir, _cfg = tiny_experiment_model, tiny_experiment_config
+    with pytest.raises(ValueError, match="unknown pair source"):
+        _cfg(model_dir, experiment={"sources": ["icon2", "rlhf"]})
+    with pytest.raises(ValueError, match="unknown judge"):
+        _cfg(model_dir, eval={"judges": ["gpt4"]})
+    with pytest.raises(ValueError, match="n_pairs must be at least 1"):
+        _cfg(model_dir, experiment={"n_pairs": 0})
+    with pytest.raises(ValueError, match="unknown config key"):
+        _cfg(model_dir, experiment={"n_pair": 3})
+    # a run directory belongs to one model and configuration
+    cfg = _cfg(model_dir, experiment={"sources": ["sp"], "alignez": False})
+    from icon2_lens.pipeline import _check_config
+
+    _check_config(tmp_path / "xp", cfg)
+    other = save_tiny_model(tmp_path / "other", judge_labels=True, d_model=32)
+    with pytest.raises(ValueError, match="another configuration"):
+        run_experiment(_cfg(other, experiment={"sources": ["sp"], "alignez": False}), tmp_path / "xp",
+                       progress=False, png=False)
+    with pytest.raises(ValueError, match="unknown config key.*alignez.k_dims"):
+        _cfg(model_dir, alignez={"k_dims": 3})
+
+
+def test_a_source_without_pairs_is_a_clear_error(tiny_experiment_config, tmp_path, lenient_cleaning):
+    # the plain tiny model ignores its system prompt: both sp answers are identical, all dropped
+    flat = save_tiny_model(tmp_path / "flat", judge_labels=True)
+    cfg = tiny_experiment_config(flat, experiment={"sources": ["sp"], "alignez": False})
+    with pytest.raises(RuntimeError, match=r"no pairs from \['sp'\]"):
+        run_experiment(cfg, tmp_path / "xp", progress=False, png=False)

@@ -1,0 +1,287 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from icon2_lens.compare import (
+    compare_pairwise,
+    compare_pointwise,
+    compare_systems,
+    length_controlled_win_rate,
+    response_lengths,
+)
+from icon2_lens.consistency import score_consistency
+from icon2_lens.directions import DirectionSet
+from icon2_lens.judges import (
+    DEFAULT_REFUSAL_PATTERNS,
+    JUDGES,
+    DegenerationJudge,
+    FluencyJudge,
+    InherentJudge,
+    PairwiseJudge,
+    PointwiseJudge,
+    RefusalJudge,
+    SelfPairwiseJudge,
+    SelfRatingJudge,
+    make_judge,
+)
+from icon2_lens.score import read_responses
+from icon2_lens.testing import TINY_WORDS, tiny_hf_model, tiny_tokenizer
+
+INS = ["tell me a story", "what is good food", "help me fix my code", "write a poem"]
+RES_A = ["the cat sat on the mat", "water", "fix the bug and save", "a happy dog is a good dog"]
+RES_B = ["a story about a dog", "good food is food", "i am not very helpful today", "poem"]
+
+
+@pytest.fixture(scope="module")
+def digit_model(tmp_path_factory):
+    """A tiny model whose tokenizer also knows the digits 1-9 and the letters A and B."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<end>", "<unk>", "<turn>"]
+    words = [*specials, *TINY_WORDS, ":", *"123456789", "A", "B"]
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<end>", pad_token="<pad>",
+                                  unk_token="<unk>", additional_special_tokens=["<turn>"])
+    tok.chat_template = tiny_tokenizer().chat_template
+    path = tmp_path_factory.mktemp("digit_tokenizer")
+    tok.save_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok.padding_side = "left"
+    return tiny_hf_model(tok)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_hf_model()
+
+
+def _sets(model, names=("a", "b"), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, d = model.cfg.n_layers, model.cfg.d_model
+    return {c: DirectionSet(criterion=c, layers=tuple(range(n)), method="mean_diff",
+                            vectors=torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1))
+            for c in names}
+
+
+# --- protocols and registry ----------------------------------------------------------------------
+
+
+def test_judges_follow_their_protocol(model, digit_model):
+    judges = [InherentJudge(model, _sets(model)), SelfRatingJudge(digit_model), FluencyJudge(model),
+              DegenerationJudge(model), RefusalJudge(), SelfPairwiseJudge(digit_model)]
+    for judge in judges:
+        expected = PairwiseJudge if judge.kind == "pairwise" else PointwiseJudge
+        assert isinstance(judge, expected)
+        assert judge.name in JUDGES and "\n" not in judge.description and len(judge.description) > 40
+    assert {j.name for j in judges} == set(JUDGES)
+
+
+def test_make_judge_builds_and_rejects(model, digit_model):
+    with pytest.raises(ValueError, match="unknown judge 'x'; use one of inherent, self_rating"):
+        make_judge("x", model)
+    with pytest.raises(ValueError, match="direction_sets"):
+        make_judge("inherent", model)
+    with pytest.raises(ValueError, match="needs a model"):
+        make_judge("fluency")
+    assert make_judge("inherent", model, direction_sets=_sets(model), read="last").read == "last"
+    inherent = make_judge("inherent", model, direction_sets=_sets(model), layers={"a": [2], "b": [0, 1]})
+    assert inherent.layers == {"a": [2], "b": [0, 1]}
+    # the shared options are accepted, and ignored, by the judges that do not read directions
+    for name in ("fluency", "refusal", "degeneration"):
+        assert make_judge(name, model, direction_sets=_sets(model), layers=[1]).name == name
+    assert make_judge("self_rating", digit_model, scale=3).scale == 3
+    assert make_judge("refusal").patterns == DEFAULT_REFUSAL_PATTERNS
+    assert make_judge("degeneration", model.tokenizer).tokenizer is model.tokenizer
+
+
+# --- self-rating ---------------------------------------------------------------------------------------
+
+
+def test_self_rating_lies_on_the_scale_and_ignores_the_batch(digit_model):
+    judge = SelfRatingJudge(digit_model, scale=5, batch_size=8)
+    both = judge.score([INS[0], INS[2]], [RES_A[0], "the cat " * 12])  # a longer neighbour pads row 0
+    alone = judge.score([INS[0]], [RES_A[0]])
+    assert np.allclose(both[0], alone[0], rtol=0, atol=1e-9)
+    scores = judge.score(INS, RES_A)
+    assert scores.dtype == np.float64 and np.all((scores >= 1) & (scores <= 5))
+    assert np.allclose(judge.distribution(INS, RES_A).sum(axis=1), 1.0)
+    assert 0 < judge.last_label_mass <= 1
+    assert np.array_equal(judge.score(INS[:2], [RES_A[0]] * 2), judge.score(INS[:2], [RES_A[0]] * 2))
+
+
+def test_self_rating_backends_agree(digit_model):
+    fast = SelfRatingJudge(digit_model, backend="fast").score(INS, RES_B)
+    bridge = SelfRatingJudge(digit_model, backend="bridge", batch_size=3).score(INS, RES_B)
+    assert np.allclose(fast, bridge, atol=1e-4)
+
+
+def test_self_rating_names_the_fix_when_digits_are_not_tokens(model):
+    with pytest.raises(ValueError, match=r"labels=\[\.\.\.\]"):
+        SelfRatingJudge(model)  # the plain tiny tokenizer has no digits
+    with pytest.raises(ValueError, match="2..9"):
+        SelfRatingJudge(model, scale=10)
+
+
+# --- self-pairwise -------------------------------------------------------------------------------------
+
+
+def test_self_pairwise_is_antisymmetric_and_exactly_half_on_identical_pairs(digit_model):
+    judge = SelfPairwiseJudge(digit_model, batch_size=3)
+    assert judge.prefer(INS, RES_A, RES_A).tolist() == [0.5] * 4
+    assert 0 <= judge.last_position_bias <= 1
+    ab = judge.prefer(INS, RES_A, RES_B)
+    bias = judge.last_position_bias
+    ba = judge.prefer(INS, RES_B, RES_A)
+    assert np.allclose(ab + ba, 1.0, rtol=0, atol=1e-12)
+    assert judge.last_position_bias == pytest.approx(bias)
+    assert np.all((ab >= 0) & (ab <= 1)) and np.any(ab != 0.5)  # the tiny random model barely prefers
+
+
+def test_pairwise_comparison_swaps_and_notes_position_bias(digit_model):
+    judge = SelfPairwiseJudge(digit_model)
+    ab = compare_systems(judge, INS, RES_A, RES_B, n_boot=200)
+    ba = compare_systems(judge, INS, RES_B, RES_A, n_boot=200)
+    assert ab.win_rate.value == pytest.approx(1 - ba.win_rate.value, abs=1e-12)
+    assert ab.lc_win_rate.value == pytest.approx(1 - ba.lc_win_rate.value, abs=1e-6)
+    assert 0 <= ab.notes["position_bias"] <= 1
+    same = compare_systems(judge, INS, RES_A, RES_A, n_boot=200)
+    assert same.win_rate.value == 0.5 and same.lc_win_rate.value == 0.5 and same.tie_rate == 1.0
+
+
+# --- inherent and fluency --------------------------------------------------------------------------
+
+
+def test_inherent_equals_the_manual_projection_along_the_argmax_criterion(model):
+    sets = _sets(model)
+    judge = InherentJudge(model, sets, layers=[1, 2])
+    scores = judge.score(INS, RES_A)
+    best = score_consistency(model, INS, list(sets.values()), progress=False).best_criterion
+    assert judge.last_criteria == best
+    res = read_responses(model, INS, RES_A, layers=[0, 1, 2], nll=False)
+    for i, c in enumerate(best):
+        manual = (res.readings[i, 1] @ sets[c][1] + res.readings[i, 2] @ sets[c][2]) / 2
+        assert scores[i] == pytest.approx(float(manual), rel=1e-4, abs=1e-4)
+    forced = judge.score(INS, RES_A, criteria=["b"] * 4)
+    assert np.allclose(forced, res.project(sets["b"], [1, 2]).numpy(), rtol=1e-4, atol=1e-4)
+    assert np.isnan(judge.score(INS[:2], ["", RES_A[1]])[0])
+
+
+def test_inherent_scores_higher_what_a_planted_direction_reads_higher(model):
+    ins, res = [INS[0]] * 2, ["a happy kind dog", "the bug is bad"]
+    read = read_responses(model, ins, res, layers=[1, 2], nll=False).readings
+    planted = torch.nn.functional.normalize(read[0] - read[1], dim=-1)  # [layer, d_model]
+    ds = DirectionSet(criterion="toy", layers=(1, 2), vectors=planted)
+    up = InherentJudge(model, {"toy": ds}).score(ins, res)
+    down = InherentJudge(model, {"toy": DirectionSet(criterion="toy", layers=(1, 2), vectors=-planted)}).score(ins, res)
+    assert up[0] > up[1] and down[0] < down[1]
+
+
+def test_fluency_is_minus_the_nll_and_nan_when_empty(model):
+    scores = FluencyJudge(model).score(INS, [*RES_A[:3], ""])
+    nll = read_responses(model, INS[:3], RES_A[:3], layers=[0]).nll.numpy()
+    assert np.allclose(scores[:3], -nll, rtol=1e-5, atol=1e-5) and np.isnan(scores[3])
+
+
+def test_identical_responses_win_half_under_a_pointwise_judge(model):
+    c = compare_systems(FluencyJudge(model), INS, RES_A, RES_A, n_boot=200)
+    assert c.win_rate.value == 0.5 and c.win_rate.low == 0.5 and c.lc_win_rate.value == 0.5
+    assert c.tie_rate == 1.0 and c.n == 4
+    json.dumps(c.to_dict())
+
+
+def test_swapping_systems_mirrors_the_win_rate(model):
+    judge = FluencyJudge(model)
+    ab = compare_systems(judge, INS, RES_A, RES_B, n_boot=300, seed=1)
+    ba = compare_systems(judge, INS, RES_B, RES_A, n_boot=300, seed=1)
+    assert ab.win_rate.value == pytest.approx(1 - ba.win_rate.value)
+    assert ab.lc_win_rate.value == pytest.approx(1 - ba.lc_win_rate.value, abs=1e-6)
+    assert ab.mean_length_a == ba.mean_length_b == pytest.approx(response_lengths(RES_A, model.tokenizer).mean())
+
+
+# --- rule judges ------------------------------------------------------------------------------------
+
+
+def test_refusal_judge_flags_refusals_not_answers():
+    refusals = ["I'm sorry, but I can't help with that.", "I cannot provide instructions for this.",
+                "As an AI language model, I do not have opinions.", "I won't assist with that request.",
+                "Sorry — I am not able to provide that information.", "I must decline this request.",
+                "I cannot and will not do that."]
+    answers = ["Sure! Here is a short story about a cat.", "Paris is the capital of France.",
+               "I can help with that: first, preheat the oven.", "You cannot go wrong with rice.",
+               "I cannot recommend this book enough.", "Step one: " + "x " * 150 + "I can't help you with that."]
+    judge = RefusalJudge()
+    assert judge.score([""] * 7, refusals).tolist() == [1.0] * 7
+    assert judge.score([""] * 6, answers).tolist() == [0.0] * 6
+    assert RefusalJudge([r"\bnope\b"]).score(["x"], ["NOPE."]).tolist() == [1.0]
+
+
+def test_degeneration_judge(model):
+    judge = DegenerationJudge(model)
+    assert judge.score(["x"] * 3, ["the cat sat on the mat", "  ", "dog " * 30]).tolist() == [1.0, 0.0, 0.0]
+
+
+# --- comparison and length control ---------------------------------------------------------------------
+
+
+def test_length_control_moves_a_length_driven_win_rate_toward_half():
+    rng = np.random.default_rng(0)
+    diff = rng.normal(20, 30, size=200)  # a is usually longer, and wins exactly when it is
+    outcomes = (diff > 0).astype(float)
+    raw = outcomes.mean()
+    lc = length_controlled_win_rate(outcomes, diff, np.zeros_like(diff))
+    assert raw > 0.7 and abs(lc - 0.5) < abs(raw - 0.5)
+    unrelated = rng.permutation(outcomes)  # the same win rate, independent of length
+    assert length_controlled_win_rate(unrelated, diff, np.zeros_like(diff)) == pytest.approx(raw, abs=0.06)
+
+
+def test_length_control_degenerate_cases_fall_back_to_the_raw_rate():
+    lengths = np.arange(10.0)
+    assert length_controlled_win_rate(np.ones(10), lengths, np.zeros(10)) == 1.0
+    assert length_controlled_win_rate(np.zeros(10), lengths, np.zeros(10)) == 0.0
+    mixed = np.array([1, 0, 0.5, 1, 1, 0, 1, 0.25, 1, 1])
+    assert length_controlled_win_rate(mixed, np.full(10, 7.0), np.full(10, 3.0)) == pytest.approx(mixed.mean())
+    assert length_controlled_win_rate([1.0], [5], [3]) == 1.0
+    c = compare_pointwise(np.ones(5), np.zeros(5), lengths_a=np.arange(5), lengths_b=np.zeros(5),
+                          judge_name="toy", n_boot=100)
+    assert c.win_rate.value == c.lc_win_rate.value == 1.0 == c.lc_win_rate.low
+
+
+def test_soft_outcomes_equal_weighted_hard_rows():
+    rng = np.random.default_rng(3)
+    s = rng.choice([0.0, 0.5, 1.0], size=40)
+    d = rng.normal(5, 10, size=40)
+    # each item as a 1-row weighted p and a 0-row weighted 1 - p: with p in {0, 1/2, 1}, doubling
+    # every weight gives two hard rows per item (and doubles the data term, so the L2 penalty too)
+    hard = np.concatenate([np.where(s == 0.5, 1.0, s), np.where(s == 0.5, 0.0, s)])
+    lc_soft = length_controlled_win_rate(s, d, np.zeros_like(d), l2=1.0)
+    lc_hard = length_controlled_win_rate(hard, np.concatenate([d, d]), np.zeros(2 * d.size), l2=2.0)
+    assert lc_soft == pytest.approx(lc_hard, abs=1e-8)
+
+
+def test_comparison_intervals_drop_nan_and_are_seeded():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+    a[[3, 7]] = np.nan
+    kw = dict(lengths_a=rng.integers(5, 50, 30), lengths_b=rng.integers(5, 50, 30), judge_name="toy",
+              description="toy scores", n_boot=300, seed=4)
+    c = compare_pointwise(a, b, **kw)
+    assert c.n == 28 and c.n_dropped == 2 and c.outcomes.shape == (28,)
+    assert c.win_rate.low <= c.win_rate.value <= c.win_rate.high
+    assert c.lc_win_rate.low <= c.lc_win_rate.high and c.win_rate.n == 28
+    assert compare_pointwise(a, b, **kw).lc_win_rate == c.lc_win_rate
+    out = json.loads(json.dumps(c.to_dict()))
+    assert out["n_dropped"] == 2 and set(out["win_rate"]) >= {"value", "low", "high"}
+    with pytest.raises(ValueError, match="no item left"):
+        compare_pointwise([np.nan], [1.0], lengths_a=[1], lengths_b=[1], judge_name="toy")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        compare_pairwise([1.5], lengths_a=[1], lengths_b=[1], judge_name="toy")
+
+
+def test_default_lengths_are_words_without_a_tokenizer():
+    assert response_lengths(["a b c", ""]).tolist() == [3.0, 0.0]
+    c = compare_systems(RefusalJudge(), ["x", "y"], ["I cannot help you.", "ok"], ["sure thing", "ok"], n_boot=50)
+    assert (c.mean_length_a, c.mean_length_b) == (2.5, 1.5)
