@@ -108,7 +108,7 @@ from .chat import encode_prompts, render_chat
 from .collect import collect_resid
 from .generate import Decoding, Generation, generate, generate_rows
 from .hooks import normalize_layers, resid_hook_name, validate_hook_names
-from .io import _safetensors_bytes, append_jsonl, read_jsonl, write_json
+from .io import _safetensors_bytes, append_jsonl, read_jsonl, read_saved_config, write_json
 from .score import degeneracy, read_responses
 from .steer import RowSelection, SteeringAdder, _tl_hook
 
@@ -721,26 +721,9 @@ def load_alignez(
     """
     from safetensors import safe_open
 
-    p = Path(path)
-    if p.is_file():
-        p = p.parent
-    cfg_path, weights_path = p / CFG_FILE, p / WEIGHTS_FILE
-    if not cfg_path.is_file() or not weights_path.is_file():
-        raise ValueError(
-            f"{str(p)!r} is not a saved AlignEZ edit: it needs {CFG_FILE} and {WEIGHTS_FILE} "
-            "(write one with 'icon2-lens alignez fit')"
-        )
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not an AlignEZ edit (format={cfg.get('format')!r})")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{cfg_path} has format_version {cfg.get('format_version')!r}; this icon2_lens reads "
-            f"version {FORMAT_VERSION}: re-fit the edit"
-        )
+    cfg_path, weights_path, cfg = read_saved_config(
+        path, cfg_file=CFG_FILE, weights_file=WEIGHTS_FILE, fmt=FORMAT, version=FORMAT_VERSION,
+        what="AlignEZ edit", fix="Re-fit the edit.", missing_hint=" (write one with 'icon2-lens alignez fit')")
     names = ("help", "harm", "center", "query_center", "resid_norm")
     try:
         with safe_open(str(weights_path), framework="pt") as f:
@@ -766,7 +749,7 @@ def load_alignez(
     except (KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path} is incomplete or does not match {WEIGHTS_FILE}: {e}") from e
     if model is not None:
-        check_edit(edit, model, check_fingerprint=check_fingerprint, source=str(p))
+        check_edit(edit, model, check_fingerprint=check_fingerprint, source=str(cfg_path.parent))
     return edit
 
 

@@ -72,9 +72,9 @@ from .pairs import (
     PairConfig,
     PairsResult,
     _check_kept,
-    _pair_verdict,
     _PairStore,
     _record,
+    _sort_pair,
     generate_pairs,
 )
 from .score import degeneracy
@@ -362,20 +362,13 @@ def make_sp_pairs(
         pairs, drops = [], []
         for j, item in enumerate(batch):
             c, r = gens[j], gens[len(batch) + j]
-            reason, r_bad = _pair_verdict(c, r, config.max_repetition)
-            rec = _record(item, c.text, r.text, {
+            _sort_pair(item, c, r, {
                 **prov_common,
                 "icon2_chosen_finished": c.finished,
                 "icon2_rejected_finished": r.finished,
                 "icon2_generated_samples": 2,
                 "icon2_generated_tokens": _spent(c) + _spent(r),
-            })
-            if reason is None:
-                pairs.append(rec)
-            else:
-                rec["icon2_drop_reason"] = reason
-                rec["icon2_rejected_degenerate"] = r_bad
-                drops.append(rec)
+            }, config.max_repetition, pairs, drops)
         return pairs, drops
 
     return _run(store, kept, config.batch_size, make_batch, desc="sp pairs", progress=progress, limit=limit,

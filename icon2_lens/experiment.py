@@ -340,9 +340,8 @@ def cost_table(costs: Mapping[str, Mapping[str, Any]], pairs_made: Mapping[str, 
         rows.append(row)
     df = pd.DataFrame(rows)
     if "icon2" in set(df["source"]):
-        ref = df.set_index("source")
-        df["s per pair ÷ this"] = [ref.loc["icon2", "s per pair"] / v if v else math.nan for v in df["s per pair"]]
-        df = df.rename(columns={"s per pair ÷ this": "icon2 ÷ this (s/pair)"})
+        icon2 = df.loc[df["source"] == "icon2", "s per pair"].iloc[0]
+        df["icon2 ÷ this (s/pair)"] = [icon2 / v if v else math.nan for v in df["s per pair"]]
     return df
 
 

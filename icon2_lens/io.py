@@ -120,6 +120,38 @@ def save_direction_set(ds: DirectionSet, path: str | Path) -> Path:
     return out
 
 
+def read_saved_config(
+    path: str | Path, *, cfg_file: str, weights_file: str, fmt: str, version: int, what: str, fix: str,
+    missing_hint: str = "",
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Locate a saved folder's JSON config and safetensors file and check the config's format.
+
+    ``path`` is the folder or one of its two files. Returns ``(cfg_path, weights_path, cfg)``.
+
+    Raises:
+        ValueError: A missing file, invalid JSON, another ``format`` or ``format_version``; the
+            messages name ``what`` was expected and end with ``fix`` (how to make a readable one).
+    """
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    cfg_path, weights_path = p / cfg_file, p / weights_file
+    if not cfg_path.is_file() or not weights_path.is_file():
+        raise ValueError(f"{str(p)!r} is not a saved {what}: it needs {cfg_file} and {weights_file}{missing_hint}")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    if cfg.get("format") != fmt:
+        raise ValueError(f"{cfg_path} is not an icon2_lens {what} (format={cfg.get('format')!r})")
+    if cfg.get("format_version") != version:
+        raise ValueError(
+            f"{cfg_path} has format_version {cfg.get('format_version')!r}; this icon2_lens reads "
+            f"version {version}. {fix}"
+        )
+    return cfg_path, weights_path, cfg
+
+
 def load_direction_set(
     path: str | Path, *, model: Any = None, check_fingerprint: bool = True
 ) -> DirectionSet:
@@ -135,23 +167,9 @@ def load_direction_set(
         ValueError: Missing files, another format or version, inconsistent contents, or a set
             extracted from another model or width.
     """
-    p = Path(path)
-    if p.is_file():
-        p = p.parent
-    cfg_path, weights_path = p / CFG_FILE, p / WEIGHTS_FILE
-    if not cfg_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"{str(p)!r} is not a saved direction set: it needs {CFG_FILE} and {WEIGHTS_FILE}")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not an icon2_lens direction set (format={cfg.get('format')!r})")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{cfg_path} has format_version {cfg.get('format_version')!r}; this icon2_lens reads "
-            f"version {FORMAT_VERSION}. Re-extract the directions with this version."
-        )
+    cfg_path, weights_path, cfg = read_saved_config(
+        path, cfg_file=CFG_FILE, weights_file=WEIGHTS_FILE, fmt=FORMAT, version=FORMAT_VERSION,
+        what="direction set", fix="Re-extract the directions with this version.")
     missing = [k for k in ("site", "layers", "criterion", "method", "d_model") if k not in cfg]
     if missing:
         raise ValueError(f"{cfg_path} lacks {', '.join(missing)}; the file is incomplete or damaged")
@@ -184,7 +202,7 @@ def load_direction_set(
     ds = DirectionSet(criterion=cfg["criterion"], layers=tuple(layers), vectors=vectors, site=site,
                       method=cfg["method"], stats=stats, meta=meta)
     if model is not None:
-        check_compatible(ds, model, check_fingerprint=check_fingerprint, source=str(p))
+        check_compatible(ds, model, check_fingerprint=check_fingerprint, source=str(cfg_path.parent))
     return ds
 
 

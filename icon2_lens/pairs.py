@@ -289,6 +289,20 @@ def _pair_verdict(c: Generation, r: Generation, max_repetition: float) -> tuple[
     return reason, r_bad
 
 
+def _sort_pair(item: KeptInstruction, c: Generation, r: Generation, prov: dict[str, Any], max_repetition: float,
+               pairs: list[dict[str, Any]], drops: list[dict[str, Any]]) -> None:
+    """Build the record of one chosen/rejected pair and append it to ``pairs`` or, with its drop
+    reason, to ``drops``."""
+    reason, r_bad = _pair_verdict(c, r, max_repetition)
+    rec = _record(item, c.text, r.text, prov)
+    if reason is None:
+        pairs.append(rec)
+    else:
+        rec["icon2_drop_reason"] = reason
+        rec["icon2_rejected_degenerate"] = r_bad
+        drops.append(rec)
+
+
 def _record(item: KeptInstruction, chosen: str, rejected: str, prov: dict[str, Any]) -> dict[str, Any]:
     return {
         "prompt": [{"role": "user", "content": item.instruction}],
@@ -400,14 +414,7 @@ def generate_pairs(
                 "icon2_chosen_finished": c.finished,
                 "icon2_rejected_finished": r.finished,
             }
-            reason, r_bad = _pair_verdict(c, r, config.max_repetition)
-            rec = _record(item, c.text, r.text, prov)
-            if reason is None:
-                new_pairs.append(rec)
-            else:
-                rec["icon2_drop_reason"] = reason
-                rec["icon2_rejected_degenerate"] = r_bad
-                new_drops.append(rec)
+            _sort_pair(item, c, r, prov, config.max_repetition, new_pairs, new_drops)
         store.add(new_pairs, new_drops)
     return store.result()
 
