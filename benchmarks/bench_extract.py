@@ -21,9 +21,9 @@ import time
 
 
 def _prompts(model, n: int) -> list[str]:
-    from icon2_lens.chat import render_chat
-    from icon2_lens.criteria import get_criteria
-    from icon2_lens.instructions import load_instructions
+    from icon2_lens.model.chat import render_chat
+    from icon2_lens.directions.criteria import get_criteria
+    from icon2_lens.instructions.builtin import load_instructions
 
     base = load_instructions("train") + load_instructions("heldout")
     crit = get_criteria(["helpfulness"])[0]
@@ -50,9 +50,9 @@ def _rss_mb() -> float:
 def speed(n: int, batch_size: int) -> None:
     import torch
 
-    from icon2_lens.chat import tokenize_prompts
-    from icon2_lens.collect import collect_resid
-    from icon2_lens.models import load_model
+    from icon2_lens.model.chat import tokenize_prompts
+    from icon2_lens.model.collect import collect_resid
+    from icon2_lens.model.load import load_model
 
     torch.set_num_threads(2)
     model = load_model()
@@ -90,8 +90,8 @@ def speed(n: int, batch_size: int) -> None:
 def memory_child(n: int, batch_size: int) -> None:
     import torch
 
-    from icon2_lens.collect import collect_resid
-    from icon2_lens.models import load_model
+    from icon2_lens.model.collect import collect_resid
+    from icon2_lens.model.load import load_model
 
     torch.set_num_threads(2)
     model = load_model()

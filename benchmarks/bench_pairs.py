@@ -32,9 +32,9 @@ def _timed(fn):
 def speed(model, hf, rows_text, batch: int, new_tokens: int, repeats: int) -> None:
     import torch
 
-    from icon2_lens.chat import encode_prompts, pad_left
-    from icon2_lens.generate import Decoding, generate_rows
-    from icon2_lens.steer import SteeringSpec
+    from icon2_lens.model.chat import encode_prompts, pad_left
+    from icon2_lens.model.generate import Decoding, generate_rows
+    from icon2_lens.directions.steer import SteeringSpec
 
     tok = model.tokenizer
     rows = encode_prompts(tok, rows_text[: batch // 2])
@@ -72,7 +72,7 @@ def speed(model, hf, rows_text, batch: int, new_tokens: int, repeats: int) -> No
 def _toy_direction(model):
     import torch
 
-    from icon2_lens.directions import DirectionSet
+    from icon2_lens.directions.set import DirectionSet
 
     g = torch.Generator().manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(model.cfg.n_layers, model.cfg.d_model, generator=g), dim=-1)
@@ -84,15 +84,17 @@ def cost(model, pool: list[str], *, fraction: float, extract_n: int, new_tokens:
          batch_rows: int) -> None:
     import torch
 
-    from icon2_lens.chat import encode_prompts, render_chat
-    from icon2_lens.consistency import score_consistency
-    from icon2_lens.criteria import get_criteria
-    from icon2_lens.extract import ExtractConfig, run_extraction
-    from icon2_lens.generate import Decoding, generate_rows
-    from icon2_lens.pairs import KeptInstruction, PairConfig, generate_pairs
-    from icon2_lens.score import degeneracy, score_responses
+    from icon2_lens.model.chat import encode_prompts, render_chat
+    from icon2_lens.consistency.scores import score_consistency
+    from icon2_lens.directions.criteria import get_criteria
+    from icon2_lens.directions.extract import ExtractConfig, run_extraction
+    from icon2_lens.model.generate import Decoding, generate_rows
+    from icon2_lens.consistency.filter import KeptInstruction
+    from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
+    from icon2_lens.judge.reading import score_responses
+    from icon2_lens.judge.rules import degeneracy
 
-    config = PairConfig(layers=tuple(range(13, 23)), decoding=Decoding(max_new_tokens=new_tokens),
+    config = PairConfig(layers=tuple(range(13, 23)), max_new_tokens=new_tokens,
                         batch_size=batch_rows // 2)
     layers = list(config.layers)
     # ---- Icon² path: directions, consistency of the whole pool, two steered answers per kept instruction
@@ -162,9 +164,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from icon2_lens.chat import render_chat
-    from icon2_lens.instructions import load_instructions
-    from icon2_lens.models import embedded_model_dir, load_model
+    from icon2_lens.model.chat import render_chat
+    from icon2_lens.instructions.builtin import load_instructions
+    from icon2_lens.model.load import embedded_model_dir, load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, noisier)")

@@ -1,4 +1,5 @@
-"""Shared type aliases: tensor shapes (jaxtyping), sites and the model protocol."""
+"""Shared types: tensor shapes (jaxtyping), residual sites, and the protocols of a model and a
+direction set (so low-level code can accept either without importing where they are defined)."""
 
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
@@ -10,10 +11,9 @@ __all__ = [
     "SITES",
     "Message",
     "LensModel",
+    "Directions",
     "Direction",
     "LayerActs",
-    "LayerDirections",
-    "Acts",
 ]
 
 Site = Literal["resid_pre", "resid_mid", "resid_post"]
@@ -22,9 +22,10 @@ Site = Literal["resid_pre", "resid_mid", "resid_post"]
 SITES: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
 
 Direction = Float[Tensor, "d_model"]
-LayerDirections = Float[Tensor, "layer d_model"]
+"""One unit direction in the residual stream."""
+
 LayerActs = Float[Tensor, "n layer d_model"]
-Acts = Float[Tensor, "n d_model"]
+"""One residual vector per prompt and layer."""
 
 
 class Message(TypedDict):
@@ -47,3 +48,12 @@ class LensModel(Protocol):
     def hooks(self, fwd_hooks: Any = ..., bwd_hooks: Any = ..., reset_hooks_end: bool = ...) -> Any: ...
 
     def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class Directions(Protocol):
+    """One unit direction per layer, indexed by block: what a ``DirectionSet`` offers readers."""
+
+    layers: tuple[int, ...]
+
+    def __getitem__(self, layer: int) -> Tensor: ...

@@ -165,7 +165,7 @@ def save_tiny_model(path: str | Path, *, judge_labels: bool = False, **kwargs) -
 
     Example:
         >>> import tempfile
-        >>> from icon2_lens.models import load_model
+        >>> from icon2_lens.model.load import load_model
         >>> with tempfile.TemporaryDirectory() as d:
         ...     load_model(save_tiny_model(d)).cfg.n_layers
         3

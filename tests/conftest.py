@@ -37,7 +37,7 @@ def tiny():
 def _tiny_experiment_config(model_dir, **over):
     """A tiny experiment config: every source, AlignEZ, two pairs each, six held-out instructions.
     ``over`` updates sections key by key (``experiment={"sources": ["sp"]}`` keeps the other keys)."""
-    from icon2_lens.experiment import load_experiment_config
+    from icon2_lens.runs.experiment import load_experiment_config
 
     sections = {
         "experiment": {"sources": ["icon2", "sp", "sampling_ranking", "self_rewarding", "icon2_unfiltered"],
@@ -62,10 +62,10 @@ def _tiny_experiment_config(model_dir, **over):
 @pytest.fixture
 def lenient_cleaning(monkeypatch):
     """The tiny model writes random words: let every synthesized sample through the request heuristics."""
-    import icon2_lens.clean as clean
+    import icon2_lens.instructions.synthesize as synthesize
 
-    real = clean.clean_instructions
-    monkeypatch.setattr(clean, "clean_instructions",
+    real = synthesize.clean_instructions
+    monkeypatch.setattr(synthesize, "clean_instructions",
                         lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}))
 
 

@@ -14,7 +14,7 @@ def smol():
     """The embedded model, loaded once per module (read-only by contract: never hook it permanently)."""
     import torch
 
-    from icon2_lens.models import load_model
+    from icon2_lens.model.load import load_model
 
     torch.set_num_threads(2)
     try:

@@ -4,7 +4,7 @@ import socket
 import pytest
 import torch
 
-from icon2_lens.models import cache_dir, embedded_model_dir, load_model, model_fingerprint
+from icon2_lens.model.load import cache_dir, embedded_model_dir, load_model, model_fingerprint
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_second_embedded_model_gemma():
 
 
 def test_user_turn_template_of_the_embedded_model(smol):
-    from icon2_lens.template import user_turn_template
+    from icon2_lens.model.chat import user_turn_template
 
     t = user_turn_template(smol.tokenizer)
     assert t.prefix.endswith("<|im_start|>user\n") and t.prefix.startswith("<|im_start|>system\n")

@@ -18,7 +18,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch, request):
     monkeypatch.setenv("ICON2_LENS_FIGURES_DIR", str(tmp_path))
     if "03_" in path.name:
         # notebook 03 reads a finished experiment: a tiny one, made here on a tiny model
-        from icon2_lens.experiment import run_experiment
+        from icon2_lens.runs.experiment import run_experiment
 
         request.getfixturevalue("lenient_cleaning")
         model_dir = request.getfixturevalue("tiny_experiment_model")

@@ -19,8 +19,8 @@ from icon2_lens import (
     get_criteria,
     render_chat,
 )
-from icon2_lens.chat import encode_prompts, pad_left
-from icon2_lens.pipeline import pair_margins
+from icon2_lens.model.chat import encode_prompts, pad_left
+from icon2_lens.pairs.margins import pair_margins
 
 QUESTIONS = ["Give me a tip for sleeping better.", "What is 2+2?", "How do I apologise to a friend?",
              "Write one sentence about the sea."]
@@ -39,7 +39,7 @@ def _rows(smol):
 def test_fast_path_equals_hf_generate(smol):
     from transformers import AutoModelForCausalLM
 
-    from icon2_lens.models import model_source
+    from icon2_lens.model.load import model_source
 
     hf = AutoModelForCausalLM.from_pretrained(model_source(smol), dtype=torch.float32).eval()
     rows = _rows(smol)
@@ -66,7 +66,7 @@ def test_steered_fast_generation_cache_equals_no_cache(smol, harmless, positions
 
 def test_pairs_separate_along_the_direction(smol, harmless, tmp_path):
     kept = [KeptInstruction(i, q, "harmlessness") for i, q in enumerate(QUESTIONS)]
-    cfg = PairConfig(layers=tuple(range(13, 23)), decoding=Decoding(max_new_tokens=40), batch_size=2)
+    cfg = PairConfig(layers=tuple(range(13, 23)), max_new_tokens=40, batch_size=2)
     res = generate_pairs(smol, kept, {"harmlessness": harmless}, cfg, out=tmp_path, progress=False)
     assert res.counts["done"] == 4
     margins = pair_margins(smol, res.records + res.dropped, {"harmlessness": harmless})

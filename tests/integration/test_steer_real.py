@@ -11,7 +11,7 @@ from icon2_lens import (
     render_chat,
     steer,
 )
-from icon2_lens.chat import tokenize_prompts
+from icon2_lens.model.chat import tokenize_prompts
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-import argparse
 import json
 from dataclasses import replace
 
@@ -6,27 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icon2_lens import alignez as az
-from icon2_lens.alignez import (
-    AlignEZConfig,
-    AlignEZEdit,
-    AlignEZEditor,
-    add_alignez_arguments,
-    alignez,
-    check_edit,
-    cli_alignez,
-    filter_directions,
-    fit_alignez,
-    fit_subspace,
-    gated_edit,
-    generate_alignez,
-    generate_self_pairs,
-    load_alignez,
-)
-from icon2_lens.chat import render_chat
-from icon2_lens.fast import block_modules, fast_twin
-from icon2_lens.generate import Decoding, Generation, generate
-from icon2_lens.steer import RowSelection
+from icon2_lens.alignez import apply as az_apply
+from icon2_lens.alignez import fit as az_fit
+from icon2_lens.cli import main
+from icon2_lens.alignez.apply import AlignEZEditor, alignez, filter_directions, generate_alignez
+from icon2_lens.alignez.config import AlignEZConfig
+from icon2_lens.alignez.edit import AlignEZEdit, check_edit, load_alignez
+from icon2_lens.alignez.fit import fit_alignez, generate_self_pairs
+from icon2_lens.alignez.subspace import fit_subspace, gated_edit
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.twin import block_modules, fast_twin
+from icon2_lens.model.generate import Decoding, Generation, generate
+from icon2_lens.model.hooks import RowSelection
 from icon2_lens.testing import tiny_model
 
 QUERIES = [
@@ -320,7 +310,7 @@ def test_hooks_removed_after_an_exception(tiny, fitted, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(az, "gated_edit", boom)
+    monkeypatch.setattr(az_apply, "gated_edit", boom)
     for backend in ("fast", "bridge"):
         with pytest.raises(RuntimeError, match="boom"):
             generate_alignez(tiny, QUERIES, fitted, SAMPLE, backend=backend)
@@ -373,7 +363,7 @@ def test_drops_degenerate_and_identical_pairs(tiny, monkeypatch):
             )
         return out
 
-    monkeypatch.setattr(az, "_generate", fake)
+    monkeypatch.setattr(az_fit, "_generate", fake)
     edit = fit_alignez(tiny, QUERIES, replace(FIT, k=3, n_edit_layers=1), progress=False)
     assert edit.stats["dropped"] == {"empty_description": 1, "identical": 1, "help_repetition": 1}
     assert edit.stats["n_pairs"] == 1 and [p["index"] for p in edit.stats["pairs"]] == [3]
@@ -385,7 +375,7 @@ def test_drops_degenerate_and_identical_pairs(tiny, monkeypatch):
 
 
 def test_layer_choices(tiny, records, monkeypatch):
-    monkeypatch.setattr(az, "generate_self_pairs", lambda *a, **k: records)
+    monkeypatch.setattr(az_fit, "generate_self_pairs", lambda *a, **k: records)
     explicit = fit_alignez(tiny, QUERIES, replace(FIT, layers=(-1, 0)), progress=False)
     assert explicit.layers == (0, 2) and explicit.stats["layer_rule"] == "explicit"
     cand = fit_alignez(
@@ -447,9 +437,9 @@ def test_out_writes_pairs_and_resumes(tmp_path, tiny, fitted, monkeypatch):
     def no_generation(*a, **k):
         raise AssertionError("resumed run generated again")
 
-    monkeypatch.setattr(az, "_generate", no_generation)
+    monkeypatch.setattr(az_fit, "_generate", no_generation)
     _same_edit(fit_alignez(tiny, QUERIES, FIT, progress=False, out=out), fitted)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="different settings"):
         fit_alignez(tiny, QUERIES, replace(FIT, response_tokens=9), progress=False, out=out)
 
 
@@ -480,63 +470,26 @@ def test_bad_input(tiny, fitted):
         generate_alignez(tiny, [], fitted)
 
 
-def test_cli(tmp_path, monkeypatch):
-    import icon2_lens.models as models
+def test_cli(tmp_path, monkeypatch, capsys):
+    import icon2_lens.model.load as load
 
-    monkeypatch.setattr(models, "load_model", lambda name=None, **kw: tiny_model())  # noqa: ARG005
+    monkeypatch.setattr(load, "load_model", lambda name=None, **kw: tiny_model())  # noqa: ARG005
     queries = tmp_path / "queries.txt"
     queries.write_text("\n".join(QUERIES) + "\n")
-    parser = add_alignez_arguments(argparse.ArgumentParser())
     out = tmp_path / "edit"
-    fit = parser.parse_args(
-        [
-            "fit",
-            "--queries",
-            str(queries),
-            "--out",
-            str(out),
-            "--description-tokens",
-            "5",
-            "--response-tokens",
-            "8",
-            "--sample",
-            "--n-layers",
-            "1",
-            "--no-progress",
-        ]
-    )
-    assert cli_alignez(fit) == 0
+    fit = ["alignez", "fit", "--queries", str(queries), "--out", str(out), "--description-tokens", "5",
+           "--response-tokens", "8", "--sample", "--n-layers", "1", "--no-progress"]
+    assert main(fit) == 0
     assert len(load_alignez(out).layers) == 1
     answers = tmp_path / "answers.jsonl"
-    gen = parser.parse_args(
-        [
-            "generate",
-            "--edit",
-            str(out),
-            "--instructions",
-            str(queries),
-            "--out",
-            str(answers),
-            "--max-new-tokens",
-            "6",
-            "--strength",
-            "2",
-            "--no-progress",
-        ]
-    )
-    assert cli_alignez(gen) == 0
+    gen = ["alignez", "generate", "--edit", str(out), "--instructions", str(queries), "--out", str(answers),
+           "--max-new-tokens", "6", "--strength", "2", "--no-progress"]
+    assert main(gen) == 0
     rows = [json.loads(x) for x in answers.read_text().splitlines()]
     assert [r["instruction"] for r in rows] == QUERIES
     assert all(r["alignez_strength"] == 2.0 and "alignez_help_kept" in r for r in rows)
-    bad = parser.parse_args(
-        [
-            "generate",
-            "--edit",
-            str(tmp_path / "none"),
-            "--instructions",
-            str(queries),
-            "--out",
-            str(answers),
-        ]
-    )
-    assert cli_alignez(bad) == 2
+    capsys.readouterr()
+    bad = ["alignez", "generate", "--edit", str(tmp_path / "none"), "--instructions", str(queries), "--out", str(answers)]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a saved AlignEZ edit" in err[0]

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 import math
 import zlib
 
@@ -6,33 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from icon2_lens.baselines import (
-    SOURCES,
-    BaselineConfig,
-    make_icon2_unfiltered_pairs,
-    make_pairs,
-    make_sampling_ranking_pairs,
-    make_self_rewarding_pairs,
-    make_sp_pairs,
-    sample_seed,
-    sample_unfiltered,
-)
-from icon2_lens.chat import encode_prompts, render_chat
-from icon2_lens.criteria import get_criteria
-from icon2_lens.directions import DirectionSet
-from icon2_lens.dpo import validate_pairs
-from icon2_lens.generate import Decoding, generate, generate_rows
-from icon2_lens.io import read_jsonl
-from icon2_lens.pairs import KeptInstruction, PairConfig, generate_pairs
-from icon2_lens.score import degeneracy
+from icon2_lens.pairs.baselines import SOURCES, make_icon2_unfiltered_pairs, make_pairs, make_sp_pairs, sample_unfiltered
+from icon2_lens.pairs.common import BaselineConfig, sample_seed
+from icon2_lens.pairs.ranking import make_sampling_ranking_pairs, make_self_rewarding_pairs
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.directions.criteria import get_criteria
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.pairs.records import validate_pairs
+from icon2_lens.model.generate import Decoding, generate, generate_rows
+from icon2_lens._files import read_jsonl
+from icon2_lens.consistency.filter import KeptInstruction
+from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
+from icon2_lens.judge.rules import degeneracy
 from icon2_lens.testing import tiny_causal_lm, tiny_tokenizer
 
 WORDS = ["tell me a story", "how do i fix my code", "what is good food", "write a poem about the cat",
          "help me plan a trip", "explain money", "why is the dog happy", "make a list of food"]
 CRITERIA = ("helpfulness", "honesty")
-SAMPLING = Decoding(do_sample=True, max_new_tokens=8, seed=3)
-CFG = BaselineConfig(n_samples=4, sample_decoding=SAMPLING, batch_size=3, max_repetition=0.9,
-                     greedy_decoding=Decoding(do_sample=True, max_new_tokens=8, seed=2))
+CFG = BaselineConfig(n_samples=4, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=3, batch_size=3,
+                     max_repetition=0.9, sp_do_sample=True)
+SAMPLING = CFG.sample_decoding
 
 
 class HashJudge:
@@ -75,7 +69,7 @@ def _sets(model, names=CRITERIA):
 
 
 PAIR_CFG = PairConfig(gamma_pos=0.4, gamma_neg=-0.4, layers=(0, 1, 2), batch_size=3, max_repetition=0.9,
-                      decoding=Decoding(max_new_tokens=8, do_sample=True, seed=1))
+                      max_new_tokens=8, do_sample=True, seed=1)
 
 COMMON = ("icon2_index", "icon2_criterion", "icon2_source", "icon2_consistency", "icon2_model",
           "icon2_model_fingerprint", "icon2_seed", "icon2_max_new_tokens", "icon2_do_sample")
@@ -156,8 +150,7 @@ def test_same_seed_same_records_other_seed_other_samples(tiny):
     a = make_sampling_ranking_pairs(tiny, _kept(3), HashJudge(), CFG, progress=False)
     b = make_sampling_ranking_pairs(tiny, _kept(3), HashJudge(), CFG, progress=False)
     assert a.records == b.records and a.dropped == b.dropped
-    other = BaselineConfig(n_samples=4, sample_decoding=Decoding(do_sample=True, max_new_tokens=8, seed=4),
-                           batch_size=3, max_repetition=0.9)
+    other = replace(CFG, seed=4)
     c = make_sampling_ranking_pairs(tiny, _kept(3), HashJudge(), other, progress=False)
     assert [r["chosen"] for r in a.records + a.dropped] != [r["chosen"] for r in c.records + c.dropped]
 
@@ -182,7 +175,7 @@ def test_resume_with_other_settings_source_or_list_is_refused(tiny, tmp_path):
     make_self_rewarding_pairs(tiny, _kept(2), HashJudge("self"), CFG, out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="different settings.*judge"):
         make_self_rewarding_pairs(tiny, _kept(2), HashJudge("other"), CFG, out=tmp_path, progress=False)
-    more = BaselineConfig(n_samples=5, sample_decoding=SAMPLING, max_repetition=0.9)
+    more = replace(CFG, n_samples=5)
     with pytest.raises(ValueError, match="different settings.*baseline_config"):
         make_self_rewarding_pairs(tiny, _kept(2), HashJudge("self"), more, out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="different settings.*source"):
@@ -190,8 +183,7 @@ def test_resume_with_other_settings_source_or_list_is_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="not in this run's list"):
         make_self_rewarding_pairs(tiny, _kept(1), HashJudge("self"), CFG, out=tmp_path, progress=False)
     # a batch size or backend change is not a settings change
-    bigger = BaselineConfig(n_samples=4, sample_decoding=SAMPLING, batch_size=5, max_repetition=0.9,
-                            backend="bridge")
+    bigger = replace(CFG, batch_size=5, backend="bridge")
     res = make_self_rewarding_pairs(tiny, _kept(2), HashJudge("self"), bigger, out=tmp_path, progress=False)
     assert res.counts["done"] == 2 and all(r["icon2_source"] == "self_rewarding" for r in res.records)
 
@@ -214,7 +206,7 @@ def _attentive_model():
 def test_sp_pairs_are_the_answers_under_the_two_system_prompts(tmp_path):
     model = _attentive_model()
     criteria = get_criteria(CRITERIA)
-    config = BaselineConfig(greedy_decoding=Decoding(max_new_tokens=8), batch_size=3, max_repetition=0.9)  # greedy
+    config = BaselineConfig(max_new_tokens=8, batch_size=3, max_repetition=0.9)  # greedy
     res = make_sp_pairs(model, _kept(), criteria, config, out=tmp_path, progress=False)
     assert len(res.records) >= len(WORDS) // 2, res.counts
     _check_format(res, "sp")
@@ -311,8 +303,7 @@ def test_bad_judges_and_configs(tiny):
         make_sampling_ranking_pairs(tiny, _kept(2), Short(), CFG, progress=False)
     with pytest.raises(ValueError, match="n_samples"):
         BaselineConfig(n_samples=1)
-    with pytest.raises(ValueError, match="must sample"):
-        BaselineConfig(sample_decoding=Decoding(max_new_tokens=8))
+    assert BaselineConfig().sample_decoding.do_sample and not BaselineConfig().greedy_decoding.do_sample
     with pytest.raises(ValueError, match="batch_size"):
         BaselineConfig(batch_size=0)
     assert set(BaselineConfig().settings()) == {"n_samples", "sample_decoding", "greedy_decoding", "max_repetition"}

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from icon2_lens.clean import STEPS, clean_instructions, normalize_instruction
+from icon2_lens.instructions.clean import STEPS, clean_instructions, normalize_instruction
 
 GOOD = [
     "How do I make a sourdough starter at home?",

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from icon2_lens.chat import render_chat
-from icon2_lens.collect import collect_resid
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.collect import collect_resid
 
 QUESTIONS = ["what is a cat ?", "why", "tell me a short story about the dog and the bird please",
              "write a poem", "how do i fix my code bug ?"]
@@ -76,7 +76,7 @@ def test_bad_inputs(tiny):
 
 
 def test_hooks_removed_after_exception(tiny, monkeypatch):
-    import icon2_lens.collect as collect
+    import icon2_lens.model.collect as collect
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
@@ -109,12 +109,12 @@ def test_fast_backend_matches_bridge(tiny, site):
 
 @pytest.mark.parametrize("site", ["resid_pre", "resid_post"])
 def test_shared_prefix_gives_the_full_prompt_values(tiny, site, monkeypatch):
-    from icon2_lens import fast
+    from icon2_lens.model import twin as fast
 
     texts = _texts(tiny, system="you are a kind and helpful assistant who answers well")
     calls = []
     real = fast.prefix_cache
-    monkeypatch.setattr("icon2_lens.collect.prefix_cache", lambda twin, p: calls.append(len(p)) or real(twin, p))
+    monkeypatch.setattr("icon2_lens.model.collect.prefix_cache", lambda twin, p: calls.append(len(p)) or real(twin, p))
     bridge = collect_resid(tiny, texts, site=site, progress=False)
     shared = collect_resid(tiny, texts, site=site, progress=False, backend="fast", batch_size=2)
     plain = collect_resid(tiny, texts, site=site, progress=False, backend="fast", batch_size=2, share_prefix=False)
@@ -127,7 +127,7 @@ def test_shared_prefix_gives_the_full_prompt_values(tiny, site, monkeypatch):
 
 
 def test_common_prefix_leaves_every_row_a_token():
-    from icon2_lens.fast import common_prefix_len
+    from icon2_lens.model.twin import common_prefix_len
 
     assert common_prefix_len([[5, 6, 7], [5, 6, 7]]) == 2
     assert common_prefix_len([[5, 6, 7], [5, 9]]) == 1

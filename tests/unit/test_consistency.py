@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from icon2_lens.collect import collect_resid
-from icon2_lens.consistency import score_consistency, scores_from_activations, wrap_instructions
-from icon2_lens.directions import DirectionSet
+from icon2_lens.model.collect import collect_resid
+from icon2_lens.consistency.scores import score_consistency, scores_from_activations, wrap_instructions
+from icon2_lens.directions.set import DirectionSet
 
 INSTR = ["tell me a story", "how do i fix my code", "what is good food", "write a poem", "help me plan a trip"]
 

@@ -1,9 +1,9 @@
 """The cost meter counts what the forward loops feed the model."""
 
-from icon2_lens.chat import render_chat
-from icon2_lens.cost import CostMeter, count_forward
-from icon2_lens.generate import Decoding, generate
-from icon2_lens.score import read_responses
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.cost import CostMeter, count_forward
+from icon2_lens.model.generate import Decoding, generate
+from icon2_lens.model.read import read_responses
 from icon2_lens.testing import tiny_model
 
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from icon2_lens.criteria import BUILTIN_CRITERIA, Criterion, get_criteria, load_criteria_file
-from icon2_lens.instructions import load_instructions, read_instruction_file
+from icon2_lens.directions.criteria import BUILTIN_CRITERIA, Criterion, get_criteria, load_criteria_file
+from icon2_lens.instructions.builtin import load_instructions, read_instruction_file
 
 
 def test_builtin_criteria():

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from icon2_lens.directions import METHODS, DirectionSet, fit_direction, fit_directions
+from icon2_lens.directions.fit import METHODS, fit_direction, fit_directions
+from icon2_lens.directions.set import DirectionSet
 
 
 def _planted(n=64, d=32, noise=0.3, seed=0, shift=4.0):

@@ -1,6 +1,5 @@
 """Unit tests of icon2_lens.dpo on a tiny random Llama saved to disk (offline, CPU, seconds)."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -9,18 +8,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from icon2_lens import testing
-from icon2_lens.dpo import (
-    DPOSettings,
-    add_dpo_arguments,
-    check_reward_saturation,
-    cli_dpo,
-    make_dpo_trainer,
-    plot_reward_curves,
-    read_pairs,
-    to_hf_dataset,
-    train_dpo,
-    validate_pairs,
-)
+from icon2_lens.cli import main
+from icon2_lens.dpo.curves import check_reward_saturation, plot_reward_curves
+from icon2_lens.dpo.settings import DPOSettings
+from icon2_lens.dpo.train import train_dpo
+from icon2_lens.dpo.trainer import make_dpo_trainer, to_hf_dataset
+from icon2_lens.pairs.records import read_pairs, validate_pairs
 from icon2_lens.testing import tiny_tokenizer
 
 # A learning rate large enough to move tiny random weights in a couple of steps (as TRL's tests do).
@@ -227,10 +220,10 @@ def test_make_dpo_trainer_ref_is_frozen_copy_and_trl_sees_only_pair_columns(tiny
 
 
 def test_make_dpo_trainer_refuses_unsourced_bridge_and_reloads_sourced_one(tiny_dir, tmp_path, tok):
-    from icon2_lens.models import load_model
+    from icon2_lens.model.load import load_model
     from icon2_lens.testing import tiny_hf_model
 
-    with pytest.raises(ValueError, match="not loaded by icon2_lens.models.load_model"):
+    with pytest.raises(ValueError, match="not loaded by icon2_lens.model.load.load_model"):
         make_dpo_trainer(tiny_hf_model(tok), conversational(2), output_dir=tmp_path / "a")
     bridge = load_model(tiny_dir)
     trainer = make_dpo_trainer(bridge, conversational(2), output_dir=tmp_path / "b", max_steps=1)
@@ -244,7 +237,7 @@ def test_make_dpo_trainer_refuses_unsourced_bridge_and_reloads_sourced_one(tiny_
 
 
 def test_train_dpo_end_to_end_leaves_the_callers_model_alone(tmp_path, tok):
-    from icon2_lens.models import load_model
+    from icon2_lens.model.load import load_model
 
     model = tiny_causal_lm(tok)
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -295,28 +288,17 @@ def test_train_dpo_standard_pairs_from_a_file_is_deterministic(tiny_dir, tmp_pat
     assert runs[0].n_records == 8
 
 
-def test_cli_dpo(tiny_dir, tmp_path):
+def test_cli_dpo(tiny_dir, tmp_path, capsys):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", conversational(4))
-    parser = add_dpo_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(
-        [
-            "--pairs",
-            str(pairs),
-            "--out",
-            str(tmp_path / "o"),
-            "--model",
-            str(tiny_dir),
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--no-png",
-        ]
-    )
-    assert cli_dpo(args) == 0
+    args = ["dpo", "--pairs", str(pairs), "--out", str(tmp_path / "o"), "--model", str(tiny_dir), "--max-steps", "2",
+            "--batch-size", "2", "--no-png"]
+    assert main(args) == 0
     assert (tmp_path / "o" / "model" / "config.json").is_file()
-    args.pairs = str(tmp_path / "missing.jsonl")
-    assert cli_dpo(args) == 2
+    capsys.readouterr()
+    args[2] = str(tmp_path / "missing.jsonl")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "missing.jsonl" in err[0]
 
 
 # --- diagnostics -----------------------------------------------------------------------------

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from icon2_lens.evaluate import SystemSpec, answer_instructions, evaluate_systems, parse_system
-from icon2_lens.generate import Decoding
-from icon2_lens.judges import make_judge
+from icon2_lens.evaluate.judging import evaluate_systems
+from icon2_lens.evaluate.systems import SystemSpec, answer_instructions, parse_system
+from icon2_lens.model.generate import Decoding
+from icon2_lens.judge.registry import make_judge
 from icon2_lens.testing import save_tiny_model
 
 
@@ -81,8 +82,8 @@ def test_cli_eval_compares_another_model_with_the_base(tmp_path, capsys):
 
 
 def test_a_steered_system_at_gamma_zero_answers_like_the_base(tiny, tmp_path):
-    from icon2_lens.criteria import get_criteria
-    from icon2_lens.extract import ExtractConfig, run_extraction
+    from icon2_lens.directions.criteria import get_criteria
+    from icon2_lens.directions.extract import ExtractConfig, run_extraction
 
     run_extraction(tiny, get_criteria(["helpfulness"]), config=ExtractConfig(n_instructions=8, n_heldout=4),
                    out=tmp_path / "ex", progress=False)

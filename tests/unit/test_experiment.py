@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from icon2_lens.experiment import run_experiment
-from icon2_lens.io import read_jsonl
+from icon2_lens.runs.experiment import run_experiment
+from icon2_lens._files import read_jsonl
 from icon2_lens.testing import save_tiny_model
 
 SOURCES = ["icon2", "sp", "sampling_ranking", "self_rewarding", "icon2_unfiltered"]
@@ -61,9 +61,9 @@ def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, le
         _cfg(model_dir, experiment={"n_pair": 3})
     # a run directory belongs to one model and configuration
     cfg = _cfg(model_dir, experiment={"sources": ["sp"], "alignez": False})
-    from icon2_lens.pipeline import _check_config
+    from icon2_lens.runs.config import check_run_dir
 
-    _check_config(tmp_path / "xp", cfg)
+    check_run_dir(tmp_path / "xp", cfg)
     other = save_tiny_model(tmp_path / "other", judge_labels=True, d_model=32)
     with pytest.raises(ValueError, match="another configuration"):
         run_experiment(_cfg(other, experiment={"sources": ["sp"], "alignez": False}), tmp_path / "xp",

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from icon2_lens.criteria import Criterion, get_criteria
-from icon2_lens.extract import ExtractConfig, extract_criterion, run_extraction
+from icon2_lens.directions.criteria import Criterion, get_criteria
+from icon2_lens.directions.extract import ExtractConfig, extract_criterion, run_extraction
 
 TRAIN = ["what is a cat ?", "write a poem about the dog", "how do i save money ?", "tell me a story",
          "fix my code bug please", "plan a trip", "explain the word happy", "why is water good ?"]
@@ -54,7 +54,7 @@ def test_outputs_and_resume(tmp_path, tiny, monkeypatch):
     assert [s["criterion"] for s in diag["summary"]] == ["kind", "honesty"]
 
     # a second run reuses finished criteria instead of recomputing them
-    import icon2_lens.extract as ex
+    import icon2_lens.directions.extract as ex
 
     calls = []
     real = ex.extract_criterion

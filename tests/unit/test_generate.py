@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from icon2_lens.chat import encode_prompts, render_chat
-from icon2_lens.directions import DirectionSet
-from icon2_lens.fast import block_modules, fast_twin
-from icon2_lens.generate import Decoding, generate, generate_rows, stop_token_ids
-from icon2_lens.models import model_fingerprint
-from icon2_lens.steer import SteeringSpec
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.model.twin import block_modules, fast_twin
+from icon2_lens.model.generate import Decoding, generate, generate_rows, stop_token_ids
+from icon2_lens.model.load import model_fingerprint
+from icon2_lens.directions.steer import SteeringSpec
 
 QUESTIONS = ["tell me a story", "how do i fix my code", "what is good food", "write a short poem about the cat"]
 SAMPLE = Decoding(max_new_tokens=10, do_sample=True, seed=3)
@@ -94,7 +94,7 @@ def test_twin_shares_weights_and_model_is_untouched(tiny):
 def test_hooks_removed_after_an_exception(tiny, monkeypatch):
     import importlib
 
-    gen = importlib.import_module("icon2_lens.generate")
+    gen = importlib.import_module("icon2_lens.model.generate")
 
     def boom(*a, **k):
         raise RuntimeError("boom")

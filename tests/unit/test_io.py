@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from icon2_lens.directions import DirectionSet
-from icon2_lens.io import load_direction_set, save_direction_set
-from icon2_lens.models import model_fingerprint
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.directions.set import load_direction_set, save_direction_set
+from icon2_lens.model.load import model_fingerprint
 
 
 def _ds(d=16, layers=(0, 2), model=None):
@@ -76,7 +76,7 @@ def test_model_checks(tmp_path, tiny):
 
 
 def test_json_has_no_nan(tmp_path):
-    from icon2_lens.io import write_json
+    from icon2_lens._files import write_json
 
     write_json({"a": float("nan"), "b": [1.0, float("inf")]}, tmp_path / "x.json")
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None]}

@@ -4,29 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from icon2_lens.compare import (
-    compare_pairwise,
-    compare_pointwise,
-    compare_systems,
-    length_controlled_win_rate,
-    response_lengths,
-)
-from icon2_lens.consistency import score_consistency
-from icon2_lens.directions import DirectionSet
-from icon2_lens.judges import (
-    DEFAULT_REFUSAL_PATTERNS,
-    JUDGES,
-    DegenerationJudge,
-    FluencyJudge,
-    InherentJudge,
-    PairwiseJudge,
-    PointwiseJudge,
-    RefusalJudge,
-    SelfPairwiseJudge,
-    SelfRatingJudge,
-    make_judge,
-)
-from icon2_lens.score import read_responses
+from icon2_lens.judge.compare import compare_pairwise, compare_pointwise, compare_systems, length_controlled_win_rate, response_lengths
+from icon2_lens.consistency.scores import score_consistency
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.judge.base import PairwiseJudge, PointwiseJudge
+from icon2_lens.judge.reading import FluencyJudge, InherentJudge
+from icon2_lens.judge.registry import JUDGES, make_judge
+from icon2_lens.judge.rules import DEFAULT_REFUSAL_PATTERNS, DegenerationJudge, RefusalJudge
+from icon2_lens.judge.self_judges import SelfPairwiseJudge, SelfRatingJudge
+from icon2_lens.model.read import read_responses
 from icon2_lens.testing import TINY_WORDS, tiny_hf_model, tiny_tokenizer
 
 INS = ["tell me a story", "what is good food", "help me fix my code", "write a poem"]

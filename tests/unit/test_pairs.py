@@ -3,13 +3,14 @@ import json
 import pytest
 import torch
 
-from icon2_lens.chat import encode_prompts, render_chat
-from icon2_lens.directions import DirectionSet
-from icon2_lens.generate import Decoding, generate_rows
-from icon2_lens.io import read_jsonl
-from icon2_lens.pairs import KeptInstruction, PairConfig, generate_pairs
-from icon2_lens.score import degeneracy, repetition_rate
-from icon2_lens.steer import SteeringSpec
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.model.generate import Decoding, generate_rows
+from icon2_lens._files import read_jsonl
+from icon2_lens.consistency.filter import KeptInstruction
+from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
+from icon2_lens.judge.rules import degeneracy, repetition_rate
+from icon2_lens.directions.steer import SteeringSpec
 
 WORDS = ["tell me a story", "how do i fix my code", "what is good food", "write a poem about the cat",
          "help me plan a trip", "explain money", "why is the dog happy", "make a list of food"]
@@ -32,7 +33,7 @@ def _kept():
 
 
 CFG = PairConfig(gamma_pos=0.4, gamma_neg=-0.4, layers=(0, 1, 2), batch_size=3, max_repetition=0.9,
-                 decoding=Decoding(max_new_tokens=8, do_sample=True, seed=1))
+                 max_new_tokens=8, do_sample=True, seed=1)
 
 
 def test_records_are_trl_conversational_with_provenance(tiny):
@@ -85,13 +86,14 @@ def test_resume_after_interruption_gives_every_pair_once(tiny, tmp_path):
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     sets = _sets(tiny)
     generate_pairs(tiny, _kept()[:2], sets, CFG, out=tmp_path, progress=False)
-    other = PairConfig(gamma_pos=0.2, gamma_neg=-0.4, layers=(0, 1, 2), decoding=CFG.decoding)
+    other = PairConfig(gamma_pos=0.2, gamma_neg=-0.4, layers=(0, 1, 2), max_new_tokens=8, do_sample=True, seed=1)
     with pytest.raises(ValueError, match="different settings.*pair_config"):
         generate_pairs(tiny, _kept()[:2], sets, other, out=tmp_path, progress=False)
 
 
 def test_identical_and_degenerate_outputs_are_dropped_and_counted(tiny):
-    cfg = PairConfig(gamma_pos=0.0, gamma_neg=0.0, layers=(0, 1), decoding=CFG.decoding, max_repetition=0.9)
+    cfg = PairConfig(gamma_pos=0.0, gamma_neg=0.0, layers=(0, 1), max_new_tokens=8, do_sample=True, seed=1,
+                     max_repetition=0.9)
     res = generate_pairs(tiny, _kept(), _sets(tiny), cfg, progress=False)
     assert res.records == []
     assert sum(res.counts["dropped"].values()) == len(WORDS)

@@ -6,8 +6,9 @@ import re
 import pandas as pd
 import pytest
 
-from icon2_lens.io import read_jsonl
-from icon2_lens.pipeline import load_config, run_pipeline
+from icon2_lens._files import read_jsonl
+from icon2_lens.runs.config import load_config
+from icon2_lens.runs.pipeline import run_pipeline
 from icon2_lens.testing import save_tiny_model
 
 
@@ -30,11 +31,11 @@ def model_dir(tmp_path_factory):
 
 
 def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
-    import icon2_lens.clean as clean
+    import icon2_lens.instructions.synthesize as synthesize
 
     # the tiny model writes random words; let every sample through the request heuristics
-    real = clean.clean_instructions
-    monkeypatch.setattr(clean, "clean_instructions",
+    real = synthesize.clean_instructions
+    monkeypatch.setattr(synthesize, "clean_instructions",
                         lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}))
     cfg = _cfg(model_dir)
     out = tmp_path / "run"
@@ -78,10 +79,10 @@ def test_config_errors(model_dir, tmp_path):
 
 def test_cli_sweep_on_a_model_directory(model_dir, tmp_path, capsys):
     from icon2_lens.cli import main
-    from icon2_lens.models import load_model
-    from icon2_lens.pipeline import stage_extract
+    from icon2_lens.model.load import load_model
+    from icon2_lens.runs.stages import stage_extract
 
-    stage_extract(load_model(str(model_dir)), _cfg(model_dir), tmp_path / "ex", progress=False)
+    stage_extract(load_model(str(model_dir)), _cfg(model_dir).extract, tmp_path / "ex", progress=False)
     code = main(["sweep", "--model", str(model_dir), "--directions", str(tmp_path / "ex"), "--n", "3",
                  "--gammas=-2,2", "--intervals", "0-1;1-2", "--max-new-tokens", "4", "--no-png",
                  "--no-progress", "--out", str(tmp_path / "sw")])

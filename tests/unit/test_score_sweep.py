@@ -2,11 +2,11 @@ import pandas as pd
 import pytest
 import torch
 
-from icon2_lens.chat import render_chat
-from icon2_lens.collect import collect_resid
-from icon2_lens.directions import DirectionSet
-from icon2_lens.score import score_responses
-from icon2_lens.sweep import choose_setting, summarize_sweep
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.collect import collect_resid
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.judge.reading import score_responses
+from icon2_lens.pairs.sweep import choose_setting, summarize_sweep
 
 
 def _ds(model):
@@ -86,7 +86,7 @@ def test_choose_setting_follows_the_rule():
 
 @pytest.mark.parametrize("read", ["mean", "last"])
 def test_fast_and_bridge_readings_agree_and_project_any_direction(tiny, read):
-    from icon2_lens.score import read_responses
+    from icon2_lens.model.read import read_responses
 
     ins = ["tell me a story", "what is good food", "help me", "why"]
     res = ["the cat sat on the mat", "water", "i am very happy today and you", ""]
@@ -103,7 +103,7 @@ def test_fast_and_bridge_readings_agree_and_project_any_direction(tiny, read):
 
 @pytest.mark.parametrize("backend", ["auto", "bridge"])
 def test_projection_only_skips_the_logits(tiny, backend):
-    from icon2_lens.score import read_responses
+    from icon2_lens.model.read import read_responses
 
     ins, res = ["tell me a story", "why"], ["the cat sat on the mat", "water"]
     full = read_responses(tiny, ins, res, layers=[0, 1], backend=backend)

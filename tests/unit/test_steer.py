@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from icon2_lens.directions import DirectionSet
-from icon2_lens.steer import SteeringSpec, make_steering_hooks, steer
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.directions.steer import SteeringSpec, make_steering_hooks, steer
 
 
 def _ds(model, layers=None, norm=4.0):

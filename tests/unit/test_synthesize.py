@@ -1,14 +1,14 @@
 import pytest
 
-from icon2_lens.io import read_jsonl
-from icon2_lens.synthesize import SynthesisConfig, synthesize_raw, template_markers
-from icon2_lens.template import user_turn_template
+from icon2_lens._files import read_jsonl
+from icon2_lens.instructions.synthesize import SynthesisConfig, synthesize_raw, template_markers
+from icon2_lens.model.chat import user_turn_template
 
 CFG = SynthesisConfig(n=10, max_new_tokens=8, batch_size=4, seed=5)
 
 
 def test_samples_continue_the_user_turn_prefix(tiny, monkeypatch):
-    import icon2_lens.synthesize as syn
+    import icon2_lens.instructions.synthesize as syn
 
     seen = []
     real = syn.generate_rows
@@ -39,7 +39,7 @@ def test_batch_size_does_not_change_samples_and_resume_continues(tiny, tmp_path)
     resumed = synthesize_raw(tiny, CFG, out=path, progress=False)
     assert resumed == a
     assert [r["index"] for r in read_jsonl(path)[1:]] == list(range(10))
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="different settings"):
         synthesize_raw(tiny, SynthesisConfig(n=10, max_new_tokens=8, seed=6), out=path, progress=False)
 
 

@@ -1,17 +1,10 @@
 
 import pytest
 
-from icon2_lens.criteria import Criterion
-from icon2_lens.extract import ExtractConfig, ExtractionResult, extract_criterion
-from icon2_lens.viz import (
-    plot_criterion_cosines,
-    plot_layer_cosines,
-    plot_layer_selection,
-    plot_projection_hist,
-    plot_scatter,
-    plot_summary,
-    write_figures,
-)
+from icon2_lens.directions.criteria import Criterion
+from icon2_lens.directions.extract import ExtractConfig, ExtractionResult, extract_criterion
+from icon2_lens.directions.plots import plot_criterion_cosines, plot_layer_cosines, plot_layer_selection, plot_projection_hist, plot_scatter, plot_summary
+from icon2_lens.figures import write_figures
 
 TRAIN = ["what is a cat ?", "write a poem about the dog", "how do i save money ?", "tell me a story"]
 HELD = ["write a short email", "what is a bird ?"]
@@ -88,7 +81,7 @@ def test_png_export_without_any_network(tmp_path):
         pytest.skip("cannot create a network namespace here (needs unshare and root)")
     script = (
         "import plotly.graph_objects as go, sys\n"
-        "from icon2_lens.viz import write_figures\n"
+        "from icon2_lens.figures import write_figures\n"
         "f = go.Figure(go.Scatter(x=[1, 2, 3], y=[2, 1, 3])); f.update_layout(width=600, height=400)\n"
         "write_figures({'x': f}, sys.argv[1], html=False)\n"
     )

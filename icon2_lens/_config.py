@@ -1,0 +1,477 @@
+"""Settings dataclasses as the one source of every default: fields with help text, read from TOML and
+command lines, written back to JSON. This module imports nothing of icon2_lens.
+
+A settings class declares each knob once, with :func:`option`::
+
+    @dataclass(frozen=True, kw_only=True)
+    class ToyConfig:
+        n: int = option(8, help="how many")
+        layers: tuple[int, ...] | None = option(None, help="layers to read", layers="all")
+
+From that one declaration come the TOML section (:func:`from_dict` checks names and types),
+the command-line flags (:func:`add_arguments` / :func:`from_args`, the flag default *is* the
+field default) and the recorded JSON (:func:`to_dict`). Layer selections are spelled as in the
+CLI (``"13-22"``, ``"3,5,-1"``, or a word such as ``"all"`` for ``None``) or as lists of ints.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True, kw_only=True)
+    ... class Toy:
+    ...     n: int = option(8, help="how many")
+    ...     layers: tuple[int, ...] | None = option(None, help="layers", layers="all")
+    >>> from_dict(Toy, {"n": 3, "layers": "2-4"})
+    Toy(n=3, layers=(2, 3, 4))
+    >>> to_dict(Toy())
+    {'n': 8, 'layers': None}
+    >>> from_dict(Toy, {"m": 1})
+    Traceback (most recent call last):
+    ...
+    icon2_lens._config.ConfigError: unknown config key 'm' — use one of: n, layers
+"""
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from collections import abc
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Literal, Union
+
+__all__ = [
+    "ConfigError",
+    "option",
+    "help_of",
+    "config_fields",
+    "field_type",
+    "coerce",
+    "from_dict",
+    "to_dict",
+    "narrow",
+    "parse_layer_spec",
+    "format_layers",
+    "format_value",
+    "flag_of",
+    "add_arguments",
+    "from_args",
+    "DERIVED_FLAGS",
+    "documented",
+    "unknown_key",
+]
+
+_MISSING = dataclasses.MISSING
+
+DERIVED_FLAGS = "_icon2_derived_flags"
+"""Attribute of a parser listing ``(dest, settings class, field name)`` for every derived flag."""
+
+
+class ConfigError(ValueError):
+    """A bad setting: ``what`` is wrong and ``fix`` says how to put it right (``"what — fix"``)."""
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        self.what, self.fix = what, fix
+        super().__init__(f"{what} — {fix}" if fix else what)
+
+
+def option(
+    default: Any = _MISSING,
+    *,
+    help: str,  # noqa: A002 - the name TRL and argparse use
+    factory: Callable[[], Any] | None = None,
+    flag: str | None = None,
+    aliases: Sequence[str] = (),
+    layers: str | None = None,
+    sep: str = ",",
+    choices: Sequence[str] | None = None,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field with its help text and how it appears on the command line.
+
+    Args:
+        default: The default value (the one place it is written down).
+        help: What the setting does, one line (shown by ``--help`` and ``config show``).
+        factory: A default factory instead of ``default``.
+        flag: Command-line flag name (default ``--<name-with-dashes>``; booleans that default to
+            ``True`` become ``--no-<name>``).
+        aliases: More flag names, e.g. a short historical one (``--lr``).
+        layers: The field is a layer selection; this word spells ``None`` (e.g. ``"all"``).
+        sep: Separator of a list field's items on the command line.
+        choices: The values a string field may take (its class validates them too; ``Literal``
+            annotations give choices without this).
+        cli: Offer the field as a flag (``False`` keeps it to configuration files).
+    """
+    metadata = {"help": help, "flag": flag, "aliases": tuple(aliases), "layers": layers, "sep": sep, "choices": tuple(choices) if choices else None,
+                "cli": cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def documented(cls: type) -> type:
+    """Class decorator: append an ``Attributes:`` section built from the fields' help texts.
+
+    The help text is written once, in :func:`option`; this makes ``help(cls)`` and the API docs
+    show it too.
+    """
+    lines = [f"        {f.name}: {help_of(f)}" for f in config_fields(cls) if help_of(f)]
+    doc = (cls.__doc__ or "").rstrip()
+    cls.__doc__ = doc + "\n\n    Attributes:\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """The help text of a field (empty if it was declared without :func:`option`)."""
+    return str(f.metadata.get("help", ""))
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """The init fields of a settings class, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
+@lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_type(cls: type, name: str) -> Any:
+    """The resolved annotation of field ``name`` of ``cls``."""
+    return _hints(cls)[name]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
+    return _MISSING
+
+
+# ---------------------------------------------------------------------------------------------
+# Types
+
+
+def _args_of(tp: Any) -> tuple[Any, ...]:
+    return typing.get_args(tp)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _strip_none(tp: Any) -> tuple[Any, bool]:
+    """``(tp without None, whether None is allowed)``."""
+    if _is_union(tp):
+        args = [a for a in _args_of(tp) if a is not type(None)]
+        optional = len(args) < len(_args_of(tp))
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional  # noqa: UP007
+    return tp, False
+
+
+def _sequence_item(tp: Any) -> Any | None:
+    """The item type of ``tuple[X, ...]`` / ``Sequence[X]``, else ``None``."""
+    if typing.get_origin(tp) in (tuple, list, abc.Sequence):
+        args = _args_of(tp)
+        return args[0] if args else Any
+    return None
+
+
+def _kind(tp: Any) -> str:
+    if tp is bool:
+        return "a boolean (true or false)"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in _args_of(tp))
+    item = _sequence_item(tp)
+    if item is not None:
+        return f"a list of {_kind(item).removeprefix('a ').removeprefix('an ')}s"
+    if _is_union(tp):
+        return " or ".join(_kind(a) for a in _args_of(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_layer_spec(spec: str, none_word: str | None = None) -> tuple[int, ...] | None:
+    """A layer selection written as text: ``"10-19"``, ``"3,5,-1"``, ``"2-4,-1"``; ``none_word`` → ``None``.
+
+    Negative indices count from the end; they are resolved against a model where the layers are
+    used. ``"all"`` means ``None`` when ``none_word`` is ``"all"``.
+
+    Example:
+        >>> parse_layer_spec("2-4,-1"), parse_layer_spec("criterion", "criterion")
+        ((2, 3, 4, -1), None)
+    """
+    text = spec.strip()
+    if none_word is not None and text.lower() == none_word:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            lo, sep, hi = part.partition("-") if not part.startswith("-") else ("", "", "")
+            if sep and lo:
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        words = f" or {none_word!r}" if none_word else ""
+        raise ConfigError(
+            f"cannot read layer selection {spec!r}",
+            f"use 'A-B' ranges and comma-separated indices such as '10-19' or '3,5,-1'{words}",
+        ) from None
+    if not out:
+        raise ConfigError(f"the layer selection {spec!r} is empty", "name at least one layer")
+    return tuple(out)
+
+
+def format_layers(layers: Sequence[int] | None, none_word: str | None = None) -> str:
+    """The shortest text :func:`parse_layer_spec` reads back as ``layers``.
+
+    Example:
+        >>> format_layers((13, 14, 15, 16)), format_layers((1, 3)), format_layers(None, "all")
+        ('13-16', '1,3', 'all')
+    """
+    if layers is None:
+        return none_word or ""
+    layers = list(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)) and layers[0] >= 0:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(str(x) for x in layers)
+
+
+def coerce(cls: type, name: str, value: Any, *, where: str = "") -> Any:
+    """``value`` (from TOML, JSON or a command line) as field ``name`` of ``cls`` expects it.
+
+    Raises:
+        ConfigError: The value has the wrong type or is not among a field's choices.
+    """
+    f = {x.name: x for x in config_fields(cls)}[name]
+    tp, optional = _strip_none(field_type(cls, name))
+    key = f"{where}{name}"
+    none_word = f.metadata.get("layers")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"setting {key!r} is {value!r}", f"use one of {', '.join(choices)}")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"setting {key!r} cannot be empty", f"give {_kind(tp)}")
+    if none_word is not None:
+        if isinstance(value, str):
+            return parse_layer_spec(value, none_word)
+        if isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            return tuple(value)
+        raise ConfigError(f"setting {key!r} must be a layer selection, got {value!r}",
+                          f"write e.g. '13-22', [13, 14, 15] or {none_word!r}")
+    return _coerce_type(tp, value, key)
+
+
+def _coerce_type(tp: Any, value: Any, key: str) -> Any:
+    bad = ConfigError(f"setting {key!r} must be {_kind(tp)}, got {value!r}", "fix its value in the config file")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if typing.get_origin(tp) is Literal:
+        if value in _args_of(tp) and isinstance(value, str):
+            return value
+        raise ConfigError(f"setting {key!r} is {value!r}", f"use one of {', '.join(map(str, _args_of(tp)))}")
+    item = _sequence_item(tp)
+    if item is not None:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise bad
+        return tuple(_coerce_type(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if _is_union(tp):  # e.g. int | float
+        for option_type in _args_of(tp):
+            try:
+                return _coerce_type(option_type, value, key)
+            except ConfigError:
+                continue
+        raise bad
+    return value
+
+
+def unknown_key(name: str, known: Iterable[str], where: str = "") -> ConfigError:
+    """The error for an unknown setting ``name`` (with a did-you-mean hint)."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of: {', '.join(known)}"
+    return ConfigError(f"unknown config key {where}{name!r}" if not where else f"unknown config key {where}{name}", hint)
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, *, where: str = "", **fixed: Any) -> Any:
+    """An instance of ``cls`` from a mapping of its fields (missing ones take their defaults).
+
+    Args:
+        cls: A settings dataclass.
+        data: Field values, as read from TOML or JSON.
+        where: Prefix for messages (e.g. ``"pairs."``).
+        **fixed: Values set in code, overriding ``data``.
+
+    Raises:
+        ConfigError: An unknown key, a wrong type, or a value the class itself rejects.
+    """
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {where.rstrip('.')!r} must be a table", "write it as [section] with key = value lines")
+    names = [f.name for f in config_fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise unknown_key(key, names, where)
+        kwargs[key] = coerce(cls, key, value, where=where)
+    kwargs.update(fixed)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}", "fix that value") from e
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Every init field of a settings instance as JSON-ready values (tuples become lists)."""
+    return {f.name: _plain(getattr(obj, f.name)) for f in config_fields(type(obj))}
+
+
+def narrow(obj: Any, cls: type) -> Any:
+    """An instance of ``cls`` (a base class of ``type(obj)``) with ``obj``'s values of its fields."""
+    return cls(**{f.name: getattr(obj, f.name) for f in config_fields(cls)})
+
+
+def format_value(cls: type, name: str, value: Any) -> str:
+    """A field's value as it would be typed on the command line (and shown in help texts)."""
+    f = {x.name: x for x in config_fields(cls)}[name]
+    none_word = f.metadata.get("layers")
+    if none_word is not None:
+        return format_layers(value, none_word)
+    if isinstance(value, (list, tuple)):
+        return f.metadata.get("sep", ",").join(str(v) for v in value)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lines
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a field (``--n-heldout``; ``--no-center`` for a ``True`` boolean)."""
+    if f.metadata.get("flag"):
+        return str(f.metadata["flag"])
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if f.default is True else f"--{name}"
+
+
+def _cli_parser(cls: type, f: dataclasses.Field) -> Callable[[str], Any]:
+    tp, _ = _strip_none(field_type(cls, f.name))
+    none_word = f.metadata.get("layers")
+
+    def parse(text: str) -> Any:
+        if none_word is not None:
+            return parse_layer_spec(text, none_word)
+        item = _sequence_item(tp)
+        if item is not None:
+            parts = [p.strip() for p in text.split(f.metadata.get("sep", ",")) if p.strip()]
+            return tuple(_scalar(item, p) for p in parts)
+        return _scalar(tp, text)
+
+    parse.__name__ = _kind(tp) if none_word is None else "layer selection"
+    return parse
+
+
+def _scalar(tp: Any, text: str) -> Any:
+    if tp is int:
+        return int(text)
+    if tp is float:
+        return float(text)
+    if _is_union(tp):  # int | float
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    return text
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    title: str | None = None,
+) -> None:
+    """Add one flag per field of ``cls`` (its default is the field's default; help from metadata).
+
+    ``exclude`` leaves fields out; ``only`` keeps just the fields it names.
+
+    The parser remembers which flags were derived (:data:`DERIVED_FLAGS`), so a test can check
+    that every flag's default equals its field's.
+    """
+    exclude = set(exclude)
+    keep = set(only) if only is not None else None
+    group = parser.add_argument_group(title) if title else parser
+    derived = getattr(parser, DERIVED_FLAGS, None)
+    if derived is None:
+        derived = []
+        setattr(parser, DERIVED_FLAGS, derived)
+    for f in config_fields(cls):
+        if f.name in exclude or not f.metadata.get("cli", True) or (keep is not None and f.name not in keep):
+            continue
+        default = _default(f)
+        names = [flag_of(f), *f.metadata.get("aliases", ())]
+        helptext = help_of(f).replace("%", "%%")
+        tp, _ = _strip_none(field_type(cls, f.name))
+        if tp is bool and f.metadata.get("layers") is None:
+            action = "store_false" if default is True else "store_true"
+            group.add_argument(*names, dest=f.name, action=action, default=default, help=helptext)
+        else:
+            shown = (format_value(cls, f.name, default) if default is not None else "none").replace("%", "%%")
+            kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{helptext} (default: {shown})",
+                                      "type": _cli_parser(cls, f)}
+            choices = f.metadata.get("choices") or (list(_args_of(tp)) if typing.get_origin(tp) is Literal else None)
+            if choices:
+                kwargs["choices"] = list(choices)
+                kwargs.pop("type")
+            group.add_argument(*names, **kwargs)
+        derived.append((f.name, cls, f.name))
+
+
+def from_args(cls: type, args: argparse.Namespace, *, exclude: Iterable[str] = (), **fixed: Any) -> Any:
+    """An instance of ``cls`` from parsed flags (fields in ``exclude`` keep their defaults)."""
+    exclude = set(exclude)
+    kwargs = {f.name: getattr(args, f.name) for f in config_fields(cls)
+              if f.name not in exclude and f.metadata.get("cli", True) and hasattr(args, f.name)}
+    kwargs.update(fixed)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e), "fix that option (see --help)") from e

@@ -1,0 +1,114 @@
+"""The command line: ``icon2-lens <command> ...``, one module per command behind a short dispatcher.
+
+Every command module has ``register(subparsers)`` (its options, most of them derived from the
+stage's settings dataclass, so each default is the field's default) and ``run(args) -> Result``.
+The dispatcher gives every command the same conventions:
+
+* results go to stdout in one shape (a table or text, ``key: value`` lines, ``written: path``
+  lines; ``--json`` prints one JSON object instead); logs go to stderr;
+* user errors (bad input, bad config, missing files) print one line
+  ``error: <what is wrong> — <how to fix it>`` and exit with code 2; ``--debug`` shows the
+  traceback instead; an interrupted command exits with 130 and resumes when re-run.
+
+Reads: command-line arguments and the files they name. Writes: what each command writes (see
+``icon2-lens <command> --help``); results to stdout, logs to stderr.
+May import: every other subpackage (nothing imports this one).
+"""
+
+import argparse
+import logging
+import sys
+from importlib import import_module
+
+from .._config import ConfigError
+from ._common import Parser, render, stdout
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: Command name -> its module (``icon2_lens.cli.<module>``), in the order ``--help`` lists them.
+COMMANDS: dict[str, str] = {
+    "prepare": "prepare",
+    "extract": "extract",
+    "synthesize": "synthesize",
+    "filter": "filter_",
+    "pairs": "pairs",
+    "sweep": "sweep",
+    "dpo": "dpo",
+    "eval": "eval_",
+    "alignez": "alignez",
+    "run": "run",
+    "experiment": "experiment",
+    "config": "config",
+}
+
+_NOISY = ("httpx", "urllib3", "choreographer", "kaleido", "transformers", "transformer_lens")
+
+
+def _shared() -> argparse.ArgumentParser:
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("-v", "--verbose", action="store_true", help="log debug messages (to stderr)")
+    shared.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    shared.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return shared
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (``parser.commands`` maps a name to its module and subparser)."""
+    parser = Parser(prog="icon2-lens", description="Preference directions and self-synthesized DPO data from a "
+                    "model's own residual stream (Icon², AlignEZ) on TransformerLens.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    shared = _shared()
+    parser.commands = {}
+    for name, module_name in COMMANDS.items():
+        module = import_module(f"{__name__}.{module_name}")
+        parser.commands[name] = (module, module.register(sub, [shared]))
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(str(text).split())
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
+        text = f"{error.strerror or text}: {error.filename} — check the path and its permissions"
+    elif isinstance(error, FileNotFoundError):
+        text = f"{error.filename or text} does not exist — check the path"
+    elif " — " not in text and "; " in text:  # the library's "what; how to fix it"
+        text = text.replace("; ", " — ", 1)
+    return f"error: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``icon2-lens`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        module, subparser = parser.commands[args.command]
+        if getattr(module, "CONFIG_CLASSES", None) and getattr(args, "config", None):
+            from ._common import apply_config
+
+            if apply_config(subparser, args, module.CONFIG_CLASSES):
+                args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+        for noisy in _NOISY:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        result = module.run(args)
+        stdout(render(args.command, result, as_json=args.json))
+        return 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted — run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, KeyError, OSError) as e:
+        if debug:
+            raise
+        print(_one_line(e), file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - anything else still gets one line; --debug shows where
+        if debug:
+            raise
+        print(f"{_one_line(e)} ({type(e).__name__}) — run again with --debug to see the traceback", file=sys.stderr)
+        return 2

@@ -1,0 +1,163 @@
+"""The filter stage: score instructions, keep the most consistent ones, write what was kept and why.
+
+Files written into the stage's folder (``filter.json`` last, marking the stage finished):
+
+``scores.jsonl``
+    Every instruction: its score per criterion, consistency (the max), argmax criterion, kept.
+``kept.jsonl``
+    The kept instructions, best first: ``index``, ``instruction``, ``criterion``, ``consistency``.
+``examples.md``
+    The five most and least consistent instructions.
+``consistency.html`` / ``.png``
+    Score distributions per criterion, kept vs the rest.
+``filter.json``
+    The scoring settings and a summary (counts per argmax criterion, score quantiles).
+
+Example:
+    >>> FilterConfig().fraction
+    0.1
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from .._config import documented, option
+from .._files import read_jsonl, read_marker, write_json, write_jsonl, write_text
+from .._types import LensModel
+from ..directions.set import DirectionSet
+from ..figures import write_figures_or_warn
+from .plot import plot_consistency
+from .scores import score_consistency, score_summary
+
+__all__ = ["KeptInstruction", "FilterConfig", "run_filter", "read_kept", "write_kept", "markdown_table", "MARKER", "KEPT_FILE"]
+
+MARKER = "filter.json"
+KEPT_FILE = "kept.jsonl"
+
+
+@dataclass(frozen=True)
+class KeptInstruction:
+    """An instruction selected for pair generation.
+
+    Attributes:
+        index: Stable id (its index in the scored pool); pairs and resume key on it.
+        instruction: The text.
+        criterion: The criterion to steer along (its argmax criterion).
+        consistency: Its inherent-consistency score (NaN if unknown).
+    """
+
+    index: int
+    instruction: str
+    criterion: str
+    consistency: float = float("nan")
+
+
+@documented
+@dataclass(frozen=True, kw_only=True)
+class FilterConfig:
+    """How instructions are scored by inherent consistency and which are kept."""
+
+    scoring: Literal["dot", "cosine", "zscore"] = option(
+        "dot", help="dot: Icon² Eq. 2-3; cosine: divided by the residual norm; zscore: per criterion and layer")
+    layers: Literal["all", "control"] = option(
+        "all", help="average over all layers (Icon²) or over each criterion's control interval")
+    fraction: float = option(0.1, help="keep this top fraction (Icon² keeps ≈ 10 %)")
+    threshold: float | None = option(None, help="keep every instruction scoring at least this, instead of fraction")
+    wrap: Literal["chat", "raw"] = option("chat", help="instruction as scored: in the chat template, or the bare text")
+    batch_size: int = option(16, help="prompts per forward pass")
+    backend: Literal["fast", "bridge"] = option("fast", help="how residuals are read; equal up to float rounding")
+
+    def __post_init__(self) -> None:
+        if self.threshold is None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (cells escaped for ``|`` and newlines).
+
+    Example:
+        >>> print(markdown_table(pd.DataFrame({"a": [1.0], "b": ["x|y"]})))
+        | a | b |
+        | --- | --- |
+        | 1.000 | x\\|y |
+    """
+
+    def cell(v: object) -> str:
+        text = (f"{v:.3f}" if abs(v) < 1e4 else f"{v:.3g}") if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def write_kept(kept: Sequence[KeptInstruction], path: str | Path) -> None:
+    """Write kept instructions as JSONL (``index``, ``instruction``, ``criterion``, ``consistency``)."""
+    write_jsonl(path, [{"index": k.index, "instruction": k.instruction, "criterion": k.criterion,
+                        "consistency": k.consistency} for k in kept])
+
+
+def read_kept(path: str | Path) -> list[KeptInstruction]:
+    """Kept instructions from a ``kept.jsonl`` file.
+
+    Raises:
+        ValueError: The file is missing or empty, or a line lacks a field (with its line number).
+    """
+    rows = read_jsonl(Path(path))
+    if not rows:
+        raise ValueError(f"{path} holds no kept instructions (or does not exist); pass the kept.jsonl that "
+                         "'icon2-lens filter' wrote")
+    out = []
+    for n, r in enumerate(rows, start=1):
+        try:
+            consistency = r.get("consistency")
+            out.append(KeptInstruction(int(r["index"]), str(r["instruction"]), str(r["criterion"]),
+                                       float("nan") if consistency is None else float(consistency)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: expected 'index', 'instruction' and 'criterion' ({e})") from e
+    return out
+
+
+def run_filter(
+    model: LensModel,
+    instructions: Sequence[str],
+    direction_sets: Mapping[str, DirectionSet],
+    intervals: Mapping[str, Sequence[int]] | None,
+    config: FilterConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    png: bool = True,
+) -> list[KeptInstruction]:
+    """Score ``instructions``, keep the best, write the files of the module docstring into ``out``.
+
+    A folder whose ``filter.json`` exists is finished: its kept instructions are read back.
+    """
+    out = Path(out)
+    if read_marker(out / MARKER) is not None:
+        return read_kept(out / KEPT_FILE)
+    scores = score_consistency(model, instructions, list(direction_sets.values()), scoring=config.scoring,
+                               layers=config.layers, control_layers=intervals, wrap=config.wrap,
+                               batch_size=config.batch_size, progress=progress, backend=config.backend)
+    sel = scores.select(fraction=config.fraction, threshold=config.threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "scores.jsonl", scores.table(sel).to_dict(orient="records"))
+    crit = scores.best_criterion
+    kept = [KeptInstruction(i, instructions[i], crit[i], float(scores.best[i])) for i in sel.kept]
+    write_kept(kept, out / KEPT_FILE)
+    top, bottom = scores.examples(5)
+    write_text(out / "examples.md", "### Most consistent\n\n" + markdown_table(top) + "\n\n### Least consistent\n\n"
+               + markdown_table(bottom) + "\n")
+    write_figures_or_warn({"consistency": plot_consistency(scores, sel)}, out, png=png)
+    write_json({"settings": scores.settings, "summary": score_summary(scores, sel)}, out / MARKER)
+    return kept

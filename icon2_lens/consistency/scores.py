@@ -1,0 +1,299 @@
+"""Inherent consistency: how strongly the model's own representation of an instruction already
+points along each criterion's direction, and the filter that keeps the most consistent ones.
+
+Default (Icon² Eq. 2-3, read literally): ``h_l`` is the residual stream at the instruction's last
+token at layer ``l``; the score for criterion ``c`` is ``mean_l (h_l · u_c,l)`` over **all**
+layers of the direction set (raw dot products, unit directions); an instruction's consistency
+is the max over criteria, and the argmax criterion is the one its pair will be steered along.
+
+Raw dot products are dominated by the late layers, where the residual norm is largest, and by
+per-criterion offsets, so the argmax can be the same criterion for almost every instruction.
+Variants (``scoring`` / ``layers``):
+
+``scoring="cosine"``
+    ``h_l · u / |h_l|`` — removes the norm growth with depth.
+``scoring="zscore"``
+    Each (criterion, layer) dot product standardised over the scored pool before averaging, so
+    criteria compete on equal footing (scores are then relative to the pool).
+``layers="control"``
+    Average only over each criterion's control interval (the layers it will be steered at).
+
+The instruction is wrapped as the model sees it when answering (``wrap="chat"``: the chat
+template with the generation prompt, the same wrapping as at extraction); ``wrap="raw"`` uses
+the bare text.
+
+Example:
+    >>> import torch
+    >>> from icon2_lens.directions.set import DirectionSet
+    >>> sets = [DirectionSet(criterion=c, layers=(0, 1), vectors=torch.eye(2, 4)[[i, 1 - i]])
+    ...         for i, c in enumerate(["a", "b"])]
+    >>> acts = torch.tensor([[[3.0, 0, 0, 0], [0, 1.0, 0, 0]], [[0, 2.0, 0, 0], [0, 0, 0, 0]]])
+    >>> res = scores_from_activations(acts, list(range(2)), sets, instructions=["x", "y"])
+    >>> res.best_criterion
+    ['a', 'b']
+    >>> res.select(fraction=0.5).kept
+    [0]
+"""
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .._types import LensModel
+from ..model.chat import render_chat
+from ..model.collect import collect_resid
+from ..directions.set import DirectionSet
+
+__all__ = [
+    "ConsistencyScores",
+    "Selection",
+    "score_consistency",
+    "scores_from_activations",
+    "wrap_instructions",
+    "score_summary",
+    "SCORINGS",
+    "LAYER_MODES",
+]
+
+log = logging.getLogger(__name__)
+
+SCORINGS: tuple[str, ...] = ("dot", "cosine", "zscore")
+LAYER_MODES: tuple[str, ...] = ("all", "control")
+
+
+@dataclass
+class Selection:
+    """Instructions kept by the filter.
+
+    Attributes:
+        kept: Indices of kept instructions, best first.
+        rule: ``top_fraction`` or ``threshold``.
+        value: The fraction or the threshold.
+        cutoff: Lowest kept score (NaN if none kept).
+    """
+
+    kept: list[int]
+    rule: str
+    value: float
+    cutoff: float
+
+
+@dataclass
+class ConsistencyScores:
+    """Per-criterion consistency of each instruction.
+
+    Attributes:
+        instructions: The scored instructions.
+        criteria: Criterion names, one column of ``scores`` each.
+        scores: ``[n, criterion]`` scores.
+        settings: How they were computed (scoring, layers per criterion, wrap, site).
+    """
+
+    instructions: list[str]
+    criteria: list[str]
+    scores: Float[Tensor, "n criterion"]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Float[Tensor, " n"]:
+        """Consistency of each instruction: the max over criteria."""
+        return self.scores.max(dim=1).values
+
+    @property
+    def best_index(self) -> list[int]:
+        return self.scores.argmax(dim=1).tolist()
+
+    @property
+    def best_criterion(self) -> list[str]:
+        """The criterion each instruction is most consistent with (its steering criterion)."""
+        return [self.criteria[j] for j in self.best_index]
+
+    def select(self, *, fraction: float | None = 0.1, threshold: float | None = None) -> Selection:
+        """Keep the top ``fraction`` (at least one) or every instruction scoring ``>= threshold``.
+
+        Ties are broken by input order, so the selection is deterministic.
+        """
+        best = self.best.tolist()
+        order = sorted(range(len(best)), key=lambda i: (-best[i], i))
+        if threshold is not None:
+            if not math.isfinite(threshold):
+                raise ValueError(f"threshold must be finite, got {threshold}")
+            kept = [i for i in order if best[i] >= threshold]
+            rule, value = "threshold", float(threshold)
+        else:
+            if fraction is None or not 0 < fraction <= 1:
+                raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+            kept = order[: max(1, math.ceil(fraction * len(order)))]
+            rule, value = "top_fraction", float(fraction)
+        cutoff = best[kept[-1]] if kept else float("nan")
+        return Selection(kept=kept, rule=rule, value=value, cutoff=cutoff)
+
+    def table(self, selection: Selection | None = None) -> pd.DataFrame:
+        """One row per instruction: scores per criterion, best, argmax criterion, kept flag."""
+        df = pd.DataFrame(self.scores.numpy(), columns=[f"score_{c}" for c in self.criteria])
+        df.insert(0, "instruction", self.instructions)
+        df["consistency"] = self.best.numpy()
+        df["criterion"] = self.best_criterion
+        if selection is not None:
+            kept = set(selection.kept)
+            df["kept"] = [i in kept for i in range(len(df))]
+        return df
+
+    def examples(self, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``k`` most and least consistent instructions."""
+        df = self.table().sort_values("consistency", ascending=False, kind="stable")
+        cols = ["instruction", "criterion", "consistency"]
+        return df.head(k)[cols], df.tail(k)[cols].iloc[::-1]
+
+
+def wrap_instructions(tokenizer, instructions: Sequence[str], wrap: str = "chat") -> list[str]:
+    """Render instructions as scored: ``chat`` (template + generation prompt) or ``raw``."""
+    if wrap == "chat":
+        return [render_chat(tokenizer, d) for d in instructions]
+    if wrap == "raw":
+        return list(instructions)
+    raise ValueError(f"unknown wrap {wrap!r}; use 'chat' or 'raw'")
+
+
+def _layers_for(
+    ds: DirectionSet, layers: str | Sequence[int], control: Mapping[str, Sequence[int]] | None
+) -> list[int]:
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(ds.layers)
+        if layers == "control":
+            if not control or ds.criterion not in control:
+                raise ValueError(
+                    f"layers='control' needs the control interval of {ds.criterion!r} (control_layers)"
+                )
+            chosen = list(control[ds.criterion])
+        else:
+            raise ValueError(f"unknown layers {layers!r}; use one of {', '.join(LAYER_MODES)} or a list")
+    else:
+        chosen = list(layers)
+    missing = [layer for layer in chosen if layer not in ds.layers]
+    if missing or not chosen:
+        raise ValueError(f"layers {missing or chosen} are not in the {ds.criterion!r} direction set")
+    return chosen
+
+
+def scores_from_activations(
+    acts: Float[Tensor, "n layer d_model"],
+    act_layers: Sequence[int],
+    direction_sets: Sequence[DirectionSet],
+    *,
+    instructions: Sequence[str],
+    scoring: str = "dot",
+    layers: str | Sequence[int] = "all",
+    control_layers: Mapping[str, Sequence[int]] | None = None,
+) -> ConsistencyScores:
+    """Consistency scores from already cached activations (``acts[:, j]`` is layer ``act_layers[j]``)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
+    if not direction_sets:
+        raise ValueError("no direction sets given")
+    if acts.shape[0] != len(instructions):
+        raise ValueError(f"{acts.shape[0]} activation rows for {len(instructions)} instructions")
+    names = [ds.criterion for ds in direction_sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate criteria among the direction sets: {names}")
+    columns, used = [], {}
+    for ds in direction_sets:
+        if ds.d_model != acts.shape[-1]:
+            raise ValueError(
+                f"the {ds.criterion!r} directions have width {ds.d_model}, the activations {acts.shape[-1]}: "
+                "they come from another model"
+            )
+        chosen = _layers_for(ds, layers, control_layers)
+        used[ds.criterion] = chosen
+        idx = [list(act_layers).index(layer) for layer in chosen]
+        h = acts[:, idx].to(torch.float64)
+        u = ds.subset(chosen).vectors.to(torch.float64)
+        dots = torch.einsum("nld,ld->nl", h, u)
+        if scoring == "cosine":
+            dots = dots / h.norm(dim=-1).clamp_min(1e-12)
+        elif scoring == "zscore":
+            sd = dots.std(dim=0, unbiased=False).clamp_min(1e-12)
+            dots = (dots - dots.mean(dim=0)) / sd
+        columns.append(dots.mean(dim=1))
+    scores = torch.stack(columns, dim=1).to(torch.float32)
+    settings = {"scoring": scoring, "layers": layers if isinstance(layers, str) else list(layers),
+                "layers_used": used}
+    return ConsistencyScores(list(instructions), names, scores, settings)
+
+
+def score_consistency(
+    model: LensModel,
+    instructions: Sequence[str],
+    direction_sets: Sequence[DirectionSet],
+    *,
+    scoring: str = "dot",
+    layers: str | Sequence[int] = "all",
+    control_layers: Mapping[str, Sequence[int]] | None = None,
+    wrap: str = "chat",
+    batch_size: int = 16,
+    progress: bool = True,
+    backend: str = "fast",
+) -> ConsistencyScores:
+    """Score ``instructions`` against every criterion (see the module docstring for the variants).
+
+    Args:
+        model: The bridge the directions were extracted from.
+        instructions: Instructions to score.
+        direction_sets: One set per criterion, all at the same site.
+        scoring: ``dot`` (paper), ``cosine`` or ``zscore``.
+        layers: ``all`` (paper), ``control`` (needs ``control_layers``) or explicit block indices.
+        control_layers: Criterion -> its control interval's layers.
+        wrap: ``chat`` or ``raw`` (see the module docstring).
+        batch_size: Prompts per forward pass.
+        progress: Show a progress bar.
+        backend: Forward pass used to read the residuals (``fast`` or ``bridge``, see
+            :func:`~icon2_lens.model.collect.collect_resid`).
+    """
+    if len(instructions) == 0:
+        raise ValueError("no instructions to score")
+    if not direction_sets:
+        raise ValueError("no direction sets given")
+    sites = {ds.site for ds in direction_sets}
+    if len(sites) != 1:
+        raise ValueError(f"direction sets read at different sites {sorted(sites)}; use one site")
+    for ds in direction_sets:
+        if ds.d_model != model.cfg.d_model or max(ds.layers) >= model.cfg.n_layers:
+            raise ValueError(
+                f"the {ds.criterion!r} directions (width {ds.d_model}, layers up to {max(ds.layers)}) do not fit "
+                f"this model (d_model {model.cfg.d_model}, {model.cfg.n_layers} layers): they come from another model"
+            )
+    need = sorted({layer for ds in direction_sets for layer in _layers_for(ds, layers, control_layers)})
+    texts = wrap_instructions(model.tokenizer, instructions, wrap)
+    acts = collect_resid(model, texts, layers=need, site=sites.pop(), batch_size=batch_size,
+                         progress=progress, desc="consistency", backend=backend)
+    res = scores_from_activations(acts, need, direction_sets, instructions=instructions, scoring=scoring,
+                                  layers=layers, control_layers=control_layers)
+    res.settings["wrap"] = wrap
+    res.settings["site"] = direction_sets[0].site
+    return res
+
+
+def score_summary(scores: ConsistencyScores, selection: Selection) -> dict[str, Any]:
+    """Counts per argmax criterion among all and kept instructions, and score quantiles."""
+    crit = scores.best_criterion
+    kept = [crit[i] for i in selection.kept]
+    best = scores.best.numpy()
+    return {
+        "n_scored": len(crit),
+        "n_kept": len(selection.kept),
+        "rule": selection.rule,
+        "value": selection.value,
+        "cutoff": selection.cutoff,
+        "criterion_counts_all": {c: crit.count(c) for c in scores.criteria},
+        "criterion_counts_kept": {c: kept.count(c) for c in scores.criteria},
+        "quantiles": {q: float(np.quantile(best, q)) for q in (0.0, 0.5, 0.9, 1.0)},
+    }

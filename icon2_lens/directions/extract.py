@@ -1,0 +1,434 @@
+"""Direction extraction end to end: contrastive prompts → activations → directions → diagnostics.
+
+For each criterion and instruction ``d``, the model reads two chats that differ only in the system
+prompt (positive / negative), each ending with the assistant's generation prompt; the residual
+stream at the last token is cached at every chosen layer. Directions are fitted on the training
+instructions and judged on held-out ones.
+
+Example:
+    >>> from icon2_lens.testing import tiny_model
+    >>> from icon2_lens.directions.criteria import get_criteria
+    >>> model = tiny_model()
+    >>> cfg = ExtractConfig(method="mean_diff", n_instructions=8, n_heldout=4)
+    >>> res = extract_criterion(model, get_criteria(["honesty"])[0], config=cfg, progress=False)
+    >>> res.directions.vectors.shape
+    torch.Size([3, 16])
+"""
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jaxtyping import Float
+from torch import Tensor
+
+from .._config import documented, option
+from .._files import read_json, write_json
+from .._types import SITES, LayerActs, LensModel
+from ..figures import write_figures_or_warn
+from ..instructions.builtin import load_instructions
+from ..model.chat import render_chat, require_chat_template
+from ..model.collect import collect_resid
+from ..model.hooks import check_site, normalize_layers
+from ..model.load import model_fingerprint, package_versions
+from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria
+from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
+from .fit import METHODS, fit_directions
+from .plots import (
+    plot_criterion_cosines,
+    plot_layer_cosines,
+    plot_layer_selection,
+    plot_projection_hist,
+    plot_scatter,
+    plot_summary,
+)
+from .set import DirectionSet, load_direction_set
+
+__all__ = [
+    "ExtractConfig",
+    "ContrastActivations",
+    "CriterionResult",
+    "ExtractionResult",
+    "contrast_activations",
+    "extract_criterion",
+    "run_extraction",
+    "load_extraction",
+    "write_outputs",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@documented
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    """Settings of a direction extraction (all but ``criteria`` are recorded in every ``cfg.json``).
+
+    ``backend`` reads residuals with ``fast`` (the SDPA twin sharing the bridge's weights, each
+    system prompt's keys and values computed once for all instructions; ``resid_mid`` falls back to
+    the bridge) or ``bridge`` (the bridge's own hook points). They agree up to float rounding; like
+    the batch size, the backend does not block reusing a finished criterion.
+    """
+
+    criteria: tuple[str, ...] = option(tuple(BUILTIN_CRITERIA), help="built-in criteria to extract, comma-separated "
+                                       "(ignored when criteria are passed explicitly, e.g. from --criteria-file)")
+    method: str = option("pca_symmetric", choices=METHODS, help="pca: centred PCA (Icon²'s literal PCA); pca_symmetric: uncentred SVD "
+                                               "of [Δ;−Δ]; mean_diff: the normalised mean contrast")
+    center: bool = option(True, help="centre the contrasts before PCA (method pca only; --no-center: uncentred PCA)")
+    site: str = option("resid_post", choices=SITES, help="residual site read")
+    layers: tuple[int, ...] | None = option(None, layers="all", help="layers to extract (negatives count from the end)")
+    n_instructions: int = option(256, help="training instructions (the first n of a seeded sample, in their order)")
+    n_heldout: int = option(96, help="held-out instructions for the diagnostics")
+    batch_size: int = option(16, help="prompts per forward pass")
+    seed: int = option(0, help="seed of the instruction sample")
+    backend: str = option("fast", choices=("fast", "bridge"), help="how residuals are read (see above); equal up to float "
+                                                           "rounding")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "criteria", tuple(self.criteria))
+        if not self.criteria:
+            raise ValueError("name at least one criterion")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        check_site(self.site)
+        if self.backend not in ("fast", "bridge"):
+            raise ValueError(f"unknown backend {self.backend!r}; use 'fast' or 'bridge'")
+        if self.n_instructions < 1 or self.n_heldout < 1:
+            raise ValueError("n_instructions and n_heldout must be at least 1")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+
+    @property
+    def centering(self) -> str:
+        return "mean" if (self.method == "pca" and self.center) else "none"
+
+
+@dataclass(frozen=True)
+class ContrastActivations:
+    """Last-token activations ``[n, layer, d_model]`` under the positive and negative prompt."""
+
+    pos: LayerActs
+    neg: LayerActs
+    pos_heldout: Float[Tensor, "m layer d_model"]
+    neg_heldout: Float[Tensor, "m layer d_model"]
+
+
+@dataclass
+class CriterionResult:
+    """Directions, per-layer diagnostics and recommended interval for one criterion."""
+
+    directions: DirectionSet
+    table: pd.DataFrame
+    interval: tuple[int, int]
+    activations: ContrastActivations | None = None  # None when loaded back from disk
+
+    def summary(self) -> dict[str, Any]:
+        t = self.table
+        best = t.sort_values(["heldout_single_acc", "separation"], ascending=False).iloc[0]
+        lo, hi = self.interval
+        inside = t[(t["layer"] >= lo) & (t["layer"] <= hi)]
+        return {
+            "criterion": self.directions.criterion,
+            "best_layer": int(best["layer"]),
+            "best_layer_single_acc": float(best["heldout_single_acc"]),
+            "interval": f"{lo}-{hi}",
+            "interval_paired_acc": float(inside["heldout_paired_acc"].mean()),
+            "interval_min_paired_acc": float(inside["heldout_paired_acc"].min()),
+            "interval_single_acc": float(inside["heldout_single_acc"].mean()),
+        }
+
+
+@dataclass
+class ExtractionResult:
+    """Everything :func:`run_extraction` produced, keyed by criterion name."""
+
+    results: dict[str, CriterionResult] = field(default_factory=dict)
+    config: ExtractConfig | None = None
+
+    @property
+    def sets(self) -> list[DirectionSet]:
+        return [r.directions for r in self.results.values()]
+
+    def table(self) -> pd.DataFrame:
+        """All criteria's per-layer diagnostics in one long table."""
+        return pd.concat([r.table for r in self.results.values()], ignore_index=True)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per criterion: best layer, recommended interval and its held-out accuracy."""
+        return pd.DataFrame([r.summary() for r in self.results.values()])
+
+    def criterion_cosines(self) -> pd.DataFrame:
+        return criterion_cosines(self.sets)
+
+
+def _digest(items: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(items), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def contrast_activations(
+    model: LensModel,
+    criterion: Criterion,
+    instructions: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    site: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = True,
+    backend: str = "fast",
+) -> tuple[Float[Tensor, "n layer d_model"], Float[Tensor, "n layer d_model"]]:
+    """Activations of every instruction under the criterion's positive and negative prompt.
+
+    Each prompt is read in its own pass over the instructions, so that (with the ``fast``
+    backend) the system prompt shared by all of them is computed once.
+    """
+    if len(instructions) == 0:
+        raise ValueError("the instruction list is empty: pass at least one instruction")
+    require_chat_template(model.tokenizer)
+    out = []
+    for system in (criterion.positive, criterion.negative):
+        texts = [render_chat(model.tokenizer, d, system=system) for d in instructions]
+        out.append(collect_resid(model, texts, layers=layers, site=site, batch_size=batch_size,
+                                 progress=progress, desc=f"{criterion.name}: caching", backend=backend))
+    return out[0], out[1]
+
+
+def _select_instructions(config: ExtractConfig, train: Sequence[str] | None,
+                         heldout: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    train = list(train) if train is not None else load_instructions("train")
+    heldout = list(heldout) if heldout is not None else load_instructions("heldout")
+    if not train:
+        raise ValueError("the training instruction list is empty: pass at least one instruction")
+    if not heldout:
+        raise ValueError("the held-out instruction list is empty: pass at least one instruction")
+
+    def sample(items: list[str], n: int, salt: int) -> list[str]:
+        if n > len(items):
+            logger.warning("asked for %d instructions but only %d are available; using all %d",
+                           n, len(items), len(items))
+        if n >= len(items):
+            return items
+        keep = sorted(random.Random(config.seed * 1_000_003 + salt).sample(range(len(items)), n))
+        return [items[i] for i in keep]
+
+    return sample(train, config.n_instructions, 0), sample(heldout, config.n_heldout, 1)
+
+
+def extract_criterion(
+    model: LensModel,
+    criterion: Criterion,
+    *,
+    config: ExtractConfig | None = None,
+    train: Sequence[str] | None = None,
+    heldout: Sequence[str] | None = None,
+    progress: bool = True,
+) -> CriterionResult:
+    """Fit one criterion's directions at every chosen layer and diagnose them on held-out data.
+
+    Args:
+        model: The model (a ``TransformerBridge`` with a chat template).
+        criterion: Positive/negative system prompts.
+        config: Extraction settings (defaults: :class:`ExtractConfig`).
+        train: Training instructions (default: the built-in train split).
+        heldout: Held-out instructions (default: the built-in held-out split).
+        progress: Show progress bars.
+    """
+    config = config or ExtractConfig()
+    train_i, held_i = _select_instructions(config, train, heldout)
+    layers = normalize_layers(config.layers, model.cfg.n_layers)
+    kw = dict(layers=layers, site=config.site, batch_size=config.batch_size, progress=progress,
+              backend=config.backend)
+    pos, neg = contrast_activations(model, criterion, train_i, **kw)
+    pos_h, neg_h = contrast_activations(model, criterion, held_i, **kw)
+    vectors, stats = fit_directions(pos, neg, config.method, center=config.center)
+    meta = {
+        **_settings(model, criterion, config, train_i, held_i),
+        "model_name": getattr(model.cfg, "model_name", type(model).__name__),
+        "n_layers": int(model.cfg.n_layers),
+        "centering": config.centering,
+        "read_position": "last token of the chat prompt (after the assistant generation prompt)",
+        "prompt_format": "criterion prompt as system message, instruction as user turn, chat template applied",
+        "n_prompts": len(train_i),
+        "n_heldout": len(held_i),
+        "seed": config.seed,
+        "versions": package_versions(),
+    }
+    ds = DirectionSet(criterion=criterion.name, layers=tuple(layers), vectors=vectors, site=config.site,
+                      method=config.method, stats=tuple(stats), meta=meta)
+    table = layer_table(ds, pos, neg, pos_h, neg_h)
+    interval = recommend_interval(table, model.cfg.n_layers)
+    return CriterionResult(ds, table, interval, ContrastActivations(pos, neg, pos_h, neg_h))
+
+
+_SETTINGS_KEYS = ("model_fingerprint", "extract_config", "instructions_sha256", "heldout_sha256",
+                  "criterion_prompts")
+
+
+def _settings(model, criterion: Criterion, config: ExtractConfig, train_i: list[str],
+              held_i: list[str]) -> dict[str, Any]:
+    """The recorded settings that decide whether a finished criterion can be reused."""
+    return {
+        "model_fingerprint": model_fingerprint(model),
+        # which other criteria a run extracts does not change this one's directions
+        "extract_config": {**{k: v for k, v in asdict(config).items() if k != "criteria"},
+                           "layers": normalize_layers(config.layers, model.cfg.n_layers)},
+        "instructions_sha256": _digest(train_i),
+        "heldout_sha256": _digest(held_i),
+        "criterion_prompts": criterion.to_dict(),
+    }
+
+
+def run_extraction(
+    model: LensModel,
+    criteria: Sequence[Criterion] | None = None,
+    *,
+    config: ExtractConfig | None = None,
+    out: str | Path | None = None,
+    train: Sequence[str] | None = None,
+    heldout: Sequence[str] | None = None,
+    figures: bool = True,
+    png: bool = True,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Extract every criterion; with ``out``, write results as each criterion finishes.
+
+    Layout of ``out``: ``<criterion>/directions.safetensors``, ``<criterion>/cfg.json``,
+    ``<criterion>/diagnostics.json``, ``diagnostics.json`` (all criteria) and ``figures/``
+    (HTML + PNG). A criterion already finished in ``out`` with the same settings is loaded, not
+    recomputed, so an interrupted run resumes where it stopped; different settings raise.
+
+    ``criteria`` default to the built-in ones named in ``config.criteria``; passed explicitly
+    (e.g. from a criteria file), their names replace ``config.criteria`` in what is recorded.
+    """
+    config = config or ExtractConfig()
+    if criteria is None:
+        criteria = get_criteria(config.criteria)
+    if not criteria:
+        raise ValueError("no criteria given")
+    names = [c.name for c in criteria]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate criterion names: {names}")
+    config = replace(config, criteria=tuple(names))
+    result = ExtractionResult(config=config)
+    out_dir = Path(out) if out is not None else None
+    for criterion in criteria:
+        done = out_dir / criterion.name if out_dir is not None else None
+        if done is not None and (done / "diagnostics.json").is_file():
+            result.results[criterion.name] = _load_finished(model, criterion, done, config, train, heldout)
+            logger.info("%s: already extracted in %s, reusing", criterion.name, done)
+            continue
+        res = extract_criterion(model, criterion, config=config, train=train, heldout=heldout,
+                                progress=progress)
+        result.results[criterion.name] = res
+        if done is not None:
+            _write_criterion(res, done, figures=figures, png=png)
+    if out_dir is not None:
+        write_outputs(result, out_dir, figures=figures, png=png)
+    return result
+
+
+def _comparable(extract_config: dict[str, Any]) -> dict[str, Any]:
+    """Settings that change the results (the batch size and backend do not, beyond float rounding)."""
+    return {k: v for k, v in extract_config.items() if k not in ("batch_size", "backend")}
+
+
+def _load_finished(model, criterion, done: Path, config, train, heldout) -> CriterionResult:
+    try:
+        ds = load_direction_set(done, model=model)
+    except ValueError as e:
+        raise ValueError(
+            f"{done} holds '{criterion.name}' directions that do not fit this run ({e}); "
+            "choose another output directory or delete that folder"
+        ) from e
+    train_i, held_i = _select_instructions(config, train, heldout)
+    want = _settings(model, criterion, config, train_i, held_i)
+    have = {k: ds.meta.get(k) for k in _SETTINGS_KEYS}
+    want["extract_config"] = _comparable(want["extract_config"])
+    have["extract_config"] = _comparable(dict(have["extract_config"] or {}))
+    # compare through JSON so tuples and lists (as read back from cfg.json) count as equal
+    if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
+        raise ValueError(
+            f"{done} already holds '{criterion.name}' directions extracted with different settings; "
+            "choose another output directory or delete that folder"
+        )
+    diag = read_json(done / "diagnostics.json")
+    return CriterionResult(ds, pd.DataFrame(diag["layers"]), tuple(diag["interval"]))
+
+
+def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bool) -> None:
+    res.directions.save(done)
+    if figures:
+        acts = res.activations
+        lo, hi = res.interval
+        layer = res.summary()["best_layer"]
+        figs = {f"{res.directions.criterion}_layer_selection": plot_layer_selection(res.table, res.interval)}
+        if acts is not None:
+            mid = (lo + hi) // 2
+            figs[f"{res.directions.criterion}_scatter_layer{mid}"] = plot_scatter(res, layer=mid)
+            figs[f"{res.directions.criterion}_projections_layer{layer}"] = plot_projection_hist(res, layer=layer)
+        write_figures_or_warn(figs, done.parent / "figures", png=png)
+    # Written last: its presence marks the criterion as finished.
+    cos = layer_cosines(res.directions)
+    write_json({"interval": list(res.interval), "summary": res.summary(),
+                "layers": res.table.to_dict(orient="records"),
+                "layer_cosines": {"layers": list(res.directions.layers), "matrix": cos.values.round(6).tolist()}},
+               done / "diagnostics.json")
+
+
+def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True) -> None:
+    """Write the cross-criterion files: ``diagnostics.json`` and the cosine heatmaps."""
+    cos = result.criterion_cosines()
+    write_json(
+        {
+            "config": asdict(result.config) if result.config else None,
+            "summary": result.summary().to_dict(orient="records"),
+            "layers": result.table().to_dict(orient="records"),
+            "criterion_cosines": cos.to_dict(orient="records"),
+            "interval_rule": "width round(n_layers/3), layers 1..n-2, max mean heldout_single_acc, "
+                             "ties (within 0.005) to the window closest to the middle",
+        },
+        out_dir / "diagnostics.json",
+    )
+    if figures:
+        figs = {"layer_selection_all": plot_summary(result)}
+        figs["criterion_cosines"] = plot_criterion_cosines(cos)
+        for name, res in result.results.items():
+            figs[f"{name}_layer_cosines"] = plot_layer_cosines(res.directions)
+        write_figures_or_warn(figs, out_dir / "figures", png=png)
+
+
+def load_extraction(
+    path: str | Path, *, model: Any = None, criteria: list[str] | None = None
+) -> tuple[dict[str, DirectionSet], dict[str, list[int]]]:
+    """Direction sets and recommended control intervals from an ``icon2-lens extract`` directory.
+
+    Args:
+        path: The extraction output directory (one sub-directory per criterion).
+        model: If given, every set is checked against it (width, layers, weight fingerprint).
+        criteria: Criteria to load (default: every finished one).
+
+    Returns:
+        ``(sets, intervals)``: criterion -> :class:`DirectionSet`, criterion -> interval layers.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory: pass the output directory of 'icon2-lens extract'")
+    found = sorted(p.parent.name for p in root.glob("*/diagnostics.json"))
+    names = list(criteria) if criteria else found
+    missing = [c for c in names if c not in found]
+    if missing or not names:
+        raise ValueError(
+            f"{root} holds no finished extraction for {missing or 'any criterion'} "
+            f"(found: {found or 'none'}); run 'icon2-lens extract --out {root}' first"
+        )
+    sets, intervals = {}, {}
+    for name in names:
+        sets[name] = load_direction_set(root / name, model=model)
+        lo, hi = read_json(root / name / "diagnostics.json")["interval"]
+        intervals[name] = list(range(int(lo), int(hi) + 1))
+    return sets, intervals

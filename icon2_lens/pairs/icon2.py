@@ -1,0 +1,257 @@
+"""Bidirectional inherent control: one chosen (+γ⁺) and one rejected (γ⁻) response per instruction.
+
+For each kept instruction the model answers twice with its residual stream pushed along the
+instruction's argmax criterion direction ``u_l`` at every layer ``l`` of the control interval:
+``h_l ← h_l + γ⁺·s_l·u_l`` for the chosen answer, ``γ⁻`` (negative) for the rejected one, where
+``s_l`` is the layer's mean residual norm when ``unit="relative"`` (see :mod:`icon2_lens.directions.steer`).
+Chosen and rejected rows of several instructions — possibly of different criteria — run in one
+batch: each criterion gets one steering spec whose per-row γ is γ⁺ on its chosen rows, γ⁻ on its
+rejected rows and exactly 0 elsewhere.
+
+Records follow TRL's conversational preference format with an explicit prompt, plus flat
+``icon2_*`` provenance columns::
+
+    {"prompt": [{"role": "user", "content": ...}],
+     "chosen": [{"role": "assistant", "content": ...}],
+     "rejected": [{"role": "assistant", "content": ...}],
+     "icon2_index": 17, "icon2_criterion": "helpfulness", "icon2_source": "icon2",
+     "icon2_gamma_pos": 0.04, ...}
+
+``icon2_source`` names what made the pair (``icon2`` here; :mod:`icon2_lens.pairs.baselines` writes the
+same format for its baselines), so pairs of different origins can be trained and evaluated alike.
+
+Writing is incremental (one fsync'd append per batch) and resumable: every instruction ends up in
+exactly one line of ``pairs.jsonl`` or ``dropped.jsonl``; a re-run skips the instructions already
+there, and refuses to continue a file written with different settings (``settings.json``).
+Batches are fixed slices of the instruction list and every row samples from its own seeded
+generator, so a resumed run writes the same pairs as an uninterrupted one.
+"""
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from .._config import documented, option
+from .._types import LensModel
+from ..directions.set import DirectionSet, direction_set_id
+from ..directions.steer import SteeringSpec
+from ..model.chat import encode_prompts, render_chat
+from ..model.generate import Decoding, generate_rows
+from ..model.load import check_fits, model_fingerprint
+from .records import KeptInstruction, PairsResult, sort_pair
+from .store import PairStore, check_kept
+
+__all__ = [
+    "PairConfig",
+    "generate_pairs",
+    "DEFAULT_GAMMA_POS",
+    "DEFAULT_GAMMA_NEG",
+    "DEFAULT_LAYERS",
+]
+
+log = logging.getLogger(__name__)
+
+#: Defaults chosen by ``icon2-lens sweep`` on the embedded model (see docs/results.md); re-run the
+#: sweep for another model.
+DEFAULT_GAMMA_POS = 0.02
+DEFAULT_GAMMA_NEG = -0.02
+DEFAULT_LAYERS: tuple[int, ...] = tuple(range(13, 23))
+
+
+@documented
+@dataclass(frozen=True, kw_only=True)
+class PairConfig:
+    """How Icon² pairs are made; what changes the pairs is recorded in ``settings.json`` and each record."""
+
+    gamma_pos: float = option(DEFAULT_GAMMA_POS, help="γ⁺ of the chosen answer (positive; sweep-chosen on SmolLM2)")
+    gamma_neg: float = option(DEFAULT_GAMMA_NEG, help="γ⁻ of the rejected answer (negative; sweep-chosen on SmolLM2)")
+    layers: tuple[int, ...] | None = option(
+        DEFAULT_LAYERS, layers="criterion",
+        help="control interval steered for every criterion (sweep-chosen on SmolLM2); "
+             "'criterion' = each criterion's recommended interval from the extraction")
+    unit: Literal["relative", "absolute"] = option(
+        "relative", help="relative: γ × the layer's mean residual norm; absolute: γ × the unit vector")
+    positions: Literal["all", "generated"] = option(
+        "all", help="steered positions: all (prompt and answer) or generated (from the last prompt token on)")
+    max_new_tokens: int = option(128, help="answer budget in tokens")
+    do_sample: bool = option(False, aliases=("--sample",), help="seeded sampling instead of greedy decoding")
+    temperature: float = option(1.0, help="sampling temperature (with do_sample)")
+    top_p: float = option(1.0, help="nucleus mass (with do_sample)")
+    seed: int = option(0, help="decoding seed (row i samples from (seed, instruction index))")
+    batch_size: int = option(8, help="instructions per batch (twice as many rows); does not change the pairs")
+    max_repetition: float = option(0.5, help="repeated-4-gram rate above which an answer counts as degenerate")
+    backend: Literal["auto", "fast", "bridge"] = option(
+        "auto", help="generation backend (auto: the SDPA twin when possible); does not change the pairs")
+
+    def __post_init__(self) -> None:
+        for name in ("gamma_pos", "gamma_neg"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        self.decoding  # noqa: B018 - validates the decoding fields
+
+    @property
+    def decoding(self) -> Decoding:
+        """The decoding of both answers (chosen and rejected share each instruction's seed)."""
+        return Decoding(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+                        top_p=self.top_p, seed=self.seed)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that change the pairs (the batch size and backend do not)."""
+        return {
+            "gamma_pos": self.gamma_pos,
+            "gamma_neg": self.gamma_neg,
+            "layers": list(self.layers) if self.layers is not None else None,
+            "unit": self.unit,
+            "positions": self.positions,
+            "decoding": self.decoding.to_dict(),
+            "max_repetition": self.max_repetition,
+        }
+
+
+def _resolve_layers(
+    config: PairConfig, sets: Mapping[str, DirectionSet], intervals: Mapping[str, Sequence[int]] | None,
+    n_layers: int,
+) -> dict[str, list[int]]:
+    out = {}
+    for name, ds in sets.items():
+        if config.layers is not None:  # negative indices count from the end
+            layers = [x + n_layers if -n_layers <= x < 0 else x for x in config.layers]
+        elif intervals and name in intervals:
+            layers = list(intervals[name])
+        else:
+            raise ValueError(
+                f"no control interval for {name!r}: set PairConfig.layers or pass intervals (the extraction's)"
+            )
+        bad = [layer for layer in layers if layer not in ds.layers]
+        if bad or not layers:
+            raise ValueError(
+                f"control layers {bad or layers} are outside the {name!r} direction set "
+                f"(layers {ds.layers[0]}..{ds.layers[-1]}); choose an interval inside the model"
+            )
+        out[name] = layers
+    return out
+
+
+def _settings_doc(model: LensModel, config: PairConfig, sets, layers, source: str = "icon2") -> dict[str, Any]:
+    return {
+        "format": "icon2-lens pairs v1",
+        "source": source,
+        "pair_config": config.settings(),
+        "layers": layers,
+        "direction_ids": {name: direction_set_id(ds) for name, ds in sets.items()},
+        "site": {name: ds.site for name, ds in sets.items()},
+        "model": getattr(model.cfg, "model_name", None),
+        "model_fingerprint": model_fingerprint(model),
+    }
+
+
+def generate_pairs(
+    model: LensModel,
+    kept: Sequence[KeptInstruction],
+    direction_sets: Mapping[str, DirectionSet] | Sequence[DirectionSet],
+    config: PairConfig | None = None,
+    *,
+    intervals: Mapping[str, Sequence[int]] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+    source: str = "icon2",
+) -> PairsResult:
+    """Generate steered chosen/rejected pairs for ``kept`` instructions.
+
+    Args:
+        model: The bridge the directions were extracted from.
+        kept: Instructions with their criterion (from the consistency filter).
+        direction_sets: Criterion name -> its direction set (or a list of sets).
+        config: Pair settings.
+        intervals: Criterion -> control layers, used when ``config.layers`` is ``None``.
+        out: Directory for ``pairs.jsonl``, ``dropped.jsonl`` and ``settings.json``; resumes
+            what is already there.
+        progress: Show a progress bar.
+        limit: Stop after this many new batches (for tests of resuming).
+        source: What made the pairs, recorded as ``icon2_source`` and in ``settings.json``
+            (``icon2_unfiltered`` for :func:`icon2_lens.pairs.baselines.make_icon2_unfiltered_pairs`).
+            A directory whose ``settings.json`` predates the field counts as ``icon2``.
+
+    Returns:
+        All pairs and drops in ``out`` (or made now), with counts.
+    """
+    config = config or PairConfig()
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"source must be a non-empty string, got {source!r}")
+    if isinstance(direction_sets, Mapping):
+        sets = dict(direction_sets)
+    else:
+        sets = {ds.criterion: ds for ds in direction_sets}
+    ids = check_kept(kept)
+    missing = sorted({k.criterion for k in kept} - set(sets))
+    if missing:
+        raise ValueError(f"no direction set for criteria {missing}; extract them first")
+    for ds in sets.values():
+        check_fits(model, what=f"the {ds.criterion!r} direction set", d_model=ds.d_model, layers=ds.layers,
+                   origin=ds.meta.get("model_name"), check_fingerprint=False,
+                   fix="extract directions for this model with 'icon2-lens extract'")
+    layers = _resolve_layers(config, sets, intervals, model.cfg.n_layers)
+    settings = _settings_doc(model, config, sets, layers, source)
+    # files from before the source field are Icon² pairs
+    store = PairStore(out, settings, ids, defaults={"source": "icon2"}, fill={"icon2_source": "icon2"})
+
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    todo = store.todo(kept, config.batch_size)
+    prov_common = {
+        "icon2_source": source,
+        "icon2_gamma_pos": config.gamma_pos,
+        "icon2_gamma_neg": config.gamma_neg,
+        "icon2_unit": config.unit,
+        "icon2_positions": config.positions,
+        "icon2_max_new_tokens": config.decoding.max_new_tokens,
+        "icon2_do_sample": config.decoding.do_sample,
+        "icon2_seed": config.decoding.seed,
+        "icon2_model": settings["model"],
+        "icon2_model_fingerprint": settings["model_fingerprint"],
+    }
+    for n_batch, batch in enumerate(tqdm(todo, desc="pairs", unit="batch", disable=not progress)):
+        if limit is not None and n_batch >= limit:
+            break
+        prompts = [render_chat(model.tokenizer, k.instruction) for k in batch]
+        rows = encode_prompts(model.tokenizer, prompts, max_len=n_ctx)
+        k = len(batch)
+        specs = []
+        for name in sorted({item.criterion for item in batch}):
+            gammas = [config.gamma_pos if item.criterion == name else 0.0 for item in batch]
+            gammas += [config.gamma_neg if item.criterion == name else 0.0 for item in batch]
+            specs.append(
+                SteeringSpec(directions=sets[name], gamma=gammas, layers=layers[name], unit=config.unit,
+                             positions=config.positions, prompt_len=1)
+            )
+        # chosen and rejected share a seed: with sampling, the only difference between them is γ
+        seeds = [item.index for item in batch] * 2
+        gens = generate_rows(model, rows + rows, config.decoding, steering=specs, row_seeds=seeds,
+                             backend=config.backend)
+        new_pairs, new_drops = [], []
+        for j, item in enumerate(batch):
+            c, r = gens[j], gens[k + j]
+            ds = sets[item.criterion]
+            prov = {
+                **prov_common,
+                "icon2_layers": layers[item.criterion],
+                "icon2_site": ds.site,
+                "icon2_direction_id": settings["direction_ids"][item.criterion],
+                "icon2_chosen_finished": c.finished,
+                "icon2_rejected_finished": r.finished,
+            }
+            sort_pair(item, c, r, prov, config.max_repetition, new_pairs, new_drops)
+        store.add(new_pairs, new_drops)
+    return store.result()
+
+

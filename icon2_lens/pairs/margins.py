@@ -1,0 +1,40 @@
+"""How pairs read under the unsteered model: does the chosen answer score above the rejected one?
+
+Example:
+    >>> pair_margins(None, [], {})
+    {'n': 0}
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from .._types import LensModel
+from ..directions.set import DirectionSet
+from ..judge.reading import score_responses
+
+__all__ = ["pair_margins"]
+
+
+def pair_margins(model: LensModel | None, records: list[dict[str, Any]], sets: Mapping[str, DirectionSet], *,
+                 progress: bool = False) -> dict[str, Any]:
+    """How often the chosen response scores above the rejected one along its direction (unsteered judge)."""
+    if not records:
+        return {"n": 0}
+    ins = [r["prompt"][0]["content"] for r in records]
+    ds = [sets[r["icon2_criterion"]] for r in records]
+    layers = [r["icon2_layers"] for r in records]
+    a = score_responses(model, ins, [r["chosen"][0]["content"] for r in records], ds, layers=layers, progress=progress)
+    b = score_responses(model, ins, [r["rejected"][0]["content"] for r in records], ds, layers=layers,
+                        progress=progress)
+    gap = a["projection"] - b["projection"]
+    return {
+        "n": len(records),
+        "chosen_above_rejected": float((gap > 0).float().mean()),
+        "mean_gap": float(gap.mean()),
+        "chosen_nll": float(a["nll"].nanmean()),
+        "rejected_nll": float(b["nll"].nanmean()),
+        "chosen_tokens": float(a["n_tokens"].mean()),
+        "rejected_tokens": float(b["n_tokens"].mean()),
+        "judge": "unsteered model: projection of the response's residual stream (mean over its tokens) on the "
+                 "criterion's direction, averaged over the steered layers",
+    }

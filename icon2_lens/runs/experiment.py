@@ -1,0 +1,206 @@
+"""The comparison experiment: Icon² against baseline pair sources and AlignEZ, on one model.
+
+``icon2-lens experiment --config configs/experiment-small.toml --out runs/NAME``:
+
+1. **Shared inputs.** Directions are extracted, instructions self-synthesized (common to every
+   source, so excluded from the per-pair cost) and scored by inherent consistency.
+2. **Pairs per source** (:data:`icon2_lens.pairs.baselines.SOURCES`), each given the same number of
+   instructions: ``icon2`` and the ``sp`` / ``sampling_ranking`` / ``self_rewarding``
+   baselines the top-consistency ones, ``icon2_unfiltered`` a seeded random sample of the pool.
+   Every source's pairs are then cut to the same count (the smallest any source produced, at most
+   ``experiment.n_pairs``).
+3. **DPO** from the same base model with identical settings, once per source.
+4. **AlignEZ** fitted on the kept instructions (no training), as an inference-time system.
+5. **Evaluation** on the shipped held-out set (benign and harmful requests): every trained model
+   and AlignEZ against the base, per judge (win rate and length-controlled win rate with
+   bootstrap 95 % intervals; every judge is the base model or a transparent rule).
+6. **Report**: a results table shaped like the Icon² paper's Table 1, a cost table shaped like
+   its Table 4 (wall clock and forward tokens per stage, per kept pair), the DPO reward-accuracy
+   curves of every source (App. I), ``report.md`` and ``report.html``.
+
+Every stage writes into its own folder under the run directory and is skipped when finished, so
+an interrupted experiment resumes. Costs are metered stage by stage (:mod:`icon2_lens.model.cost`) and
+kept in ``costs.json``; a resumed stage adds the time of its new work only.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._config import narrow
+from .._files import read_jsonl, read_marker, write_json
+from .._types import LensModel
+from ..alignez.config import AlignEZConfig
+from ..alignez.fit import fit_alignez
+from ..consistency.filter import KeptInstruction
+from ..directions.criteria import get_criteria
+from ..evaluate.judging import builtin_eval_records, evaluate_systems
+from ..evaluate.systems import SystemSpec
+from ..judge.registry import make_judge
+from ..model.cost import CostMeter
+from ..model.generate import Decoding
+from ..model.hooks import normalize_layers
+from ..model.load import load_model, model_source
+from ..pairs.baselines import make_pairs
+from ..pairs.common import BaselineConfig
+from .config import ExperimentConfig, check_run_dir
+from .report import write_experiment_report
+from .stages import stage_dpo, stage_extract, stage_filter, stage_synthesize
+
+__all__ = ["run_experiment", "load_experiment_config"]
+
+log = logging.getLogger(__name__)
+
+
+def load_experiment_config(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
+    """The experiment configuration: the defaults, updated from a TOML file, then ``overrides``.
+
+    Raises:
+        ConfigError: Unknown keys, sources or judges, or no pairs to make.
+    """
+    return ExperimentConfig.from_toml(path, **overrides)
+
+
+class _Costs:
+    """A :class:`CostMeter` persisted to ``costs.json`` after every stage."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.meter = CostMeter.from_dict(read_marker(path) or {})
+
+    def stage(self, name: str):
+        return self.meter.stage(name)
+
+    def save(self) -> None:
+        write_json(self.meter.to_dict(), self.path)
+
+
+class _MeteredJudge:
+    """A judge whose calls are metered as their own stage (the ranking half of a baseline)."""
+
+    def __init__(self, judge: Any, costs: _Costs, stage: str) -> None:
+        self._judge, self._costs, self._stage = judge, costs, stage
+        self.name, self.description, self.kind = judge.name, judge.description, judge.kind
+
+    def score(self, *args: Any, **kw: Any):
+        with self._costs.stage(self._stage):
+            return self._judge.score(*args, **kw)
+
+
+def _pool(out: Path, instructions: list[str]) -> list[KeptInstruction]:
+    """Every synthesized instruction with its argmax criterion and consistency (from the filter)."""
+    rows = read_jsonl(out / "filter" / "scores.jsonl")
+    if len(rows) != len(instructions):
+        raise RuntimeError(f"{out / 'filter' / 'scores.jsonl'} does not match the synthesized instructions")
+    return [KeptInstruction(i, r["instruction"], r["criterion"], float(r["consistency"])) for i, r in enumerate(rows)]
+
+
+def _judge_layers(cfg: ExperimentConfig, model: LensModel, intervals):
+    """The inherent judge reads the layers the pairs are steered on (each criterion's interval when
+    ``pairs.layers = "criterion"``)."""
+    layers = cfg.pairs.layers
+    return intervals if layers is None else normalize_layers(list(layers), model.cfg.n_layers)
+
+
+def _stage_pairs(source: str, model, cfg: ExperimentConfig, kept, pool, sets, intervals, costs: _Costs, out: Path,
+                 progress: bool):
+    marker = out / "summary.json"
+    if (done := read_marker(marker)) is not None:
+        return read_jsonl(out / "pairs.jsonl"), done
+    n = min(cfg.experiment.n_instructions, len(kept))  # the same count for every source
+    judge = None
+    if source == "sampling_ranking":
+        judge = _MeteredJudge(make_judge(cfg.baselines.ranking_judge, model, direction_sets=sets,
+                                         layers=_judge_layers(cfg, model, intervals)),
+                              costs, f"{source}/judge")
+    elif source == "self_rewarding":
+        judge = _MeteredJudge(make_judge("self_rating", model), costs, f"{source}/judge")
+    items = pool if source == "icon2_unfiltered" else kept[:n]
+    with costs.stage(f"{source}/pairs"):
+        res = make_pairs(source, model, items, direction_sets=sets, intervals=intervals,
+                         criteria=get_criteria(cfg.extract.criteria), judge=judge, pair_config=cfg.pairs,
+                         config=narrow(cfg.baselines, BaselineConfig), n=n, seed=cfg.seed, out=out,
+                         progress=progress)
+    costs.save()
+    summary = {"source": source, "counts": res.counts, "n_instructions": n}
+    write_json(summary, marker)
+    return res.records, summary
+
+
+def _stage_alignez(model, cfg: ExperimentConfig, kept, costs: _Costs, out: Path, progress: bool) -> Path:
+    marker = out / "fit.json"
+    if read_marker(marker) is not None:
+        return out
+    config = narrow(cfg.alignez, AlignEZConfig)
+    queries = [k.instruction for k in kept[: cfg.alignez.n_queries]]
+    with costs.stage("alignez/fit"):
+        edit = fit_alignez(model, queries, config, progress=progress, out=out / "fit")
+    costs.save()
+    edit.save(out)
+    write_json({"n_queries": len(queries), "settings": config.settings()}, marker)
+    return out
+
+
+def _stage_eval(model, cfg: ExperimentConfig, sets, intervals, systems, out: Path, progress: bool) -> dict[str, Any]:
+    marker = out / "eval.json"
+    if (done := read_marker(marker)) is not None:
+        return done
+    ev = cfg.eval
+    judges = [make_judge(name, model, direction_sets=sets, layers=_judge_layers(cfg, model, intervals))
+              for name in ev.judges]
+    return evaluate_systems(model, systems, builtin_eval_records(ev.n_benign, ev.n_harmful), judges, out=out,
+                            decoding=Decoding(max_new_tokens=ev.max_new_tokens), reference=ev.reference,
+                            batch_size=ev.batch_size, seed=ev.seed, progress=progress)
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = True, png: bool = True) -> dict[str, Any]:
+    """Run (or resume) the experiment described by ``cfg`` into ``out``; returns the evaluation."""
+    out = Path(out)
+    check_run_dir(out, cfg)
+    costs = _Costs(out / "costs.json")
+    torch.manual_seed(cfg.seed)
+    model = load_model(cfg.model)
+    base_dir = model_source(model)
+    ex = cfg.experiment
+    with torch.no_grad():
+        with costs.stage("icon2/extract"):
+            sets, intervals = stage_extract(model, cfg.extract, out / "extract", progress=progress)
+        costs.save()
+        with costs.stage("common/synthesize"):
+            instructions = stage_synthesize(model, cfg.synthesize, out / "synthesize", progress=progress)
+        costs.save()
+        with costs.stage("icon2/filter"):
+            kept = stage_filter(model, cfg.filter, instructions, sets, intervals, out / "filter", progress=progress,
+                                png=png)
+        costs.save()
+        if len(kept) < ex.n_instructions:
+            log.warning("only %d instructions kept, fewer than experiment.n_instructions=%d", len(kept),
+                        ex.n_instructions)
+        pool = _pool(out, instructions)
+        pairs = {}
+        for source in ex.sources:
+            records, _ = _stage_pairs(source, model, cfg, kept, pool, sets, intervals, costs,
+                                      out / "pairs" / source, progress)
+            pairs[source] = records
+    n_train = min(ex.n_pairs, *(len(r) for r in pairs.values()))
+    if n_train < 1:
+        empty = [s for s, r in pairs.items() if not r]
+        raise RuntimeError(f"no pairs from {empty}: raise experiment.n_instructions")
+    if n_train < ex.n_pairs:
+        log.warning("every source trains on %d pairs (fewest any source made)", n_train)
+    for source in ex.sources:
+        with costs.stage(f"{source}/dpo"):
+            stage_dpo(cfg.dpo, base_dir, pairs[source][:n_train], out / "dpo" / source, png=png, source=source)
+        costs.save()
+    systems = [SystemSpec("base", "base")]
+    systems += [SystemSpec(source, "model", str(out / "dpo" / source / "model")) for source in ex.sources]
+    with torch.no_grad():
+        if ex.alignez:
+            edit_dir = _stage_alignez(model, cfg, kept, costs, out / "alignez", progress)
+            systems.append(SystemSpec("alignez", "alignez", str(edit_dir), cfg.alignez.strength))
+        result = _stage_eval(model, cfg, sets, intervals, systems, out / "eval", progress)
+    write_json({"n_train_pairs": n_train}, out / "experiment.json")
+    write_experiment_report(out, png=png)
+    return result
