@@ -21,9 +21,9 @@ import time
 
 
 def _prompts(model, n: int) -> list[str]:
-    from icon2_lens.model.chat import render_chat
     from icon2_lens.directions.criteria import get_criteria
     from icon2_lens.instructions.builtin import load_instructions
+    from icon2_lens.model.chat import render_chat
 
     base = load_instructions("train") + load_instructions("heldout")
     crit = get_criteria(["helpfulness"])[0]
@@ -60,7 +60,7 @@ def speed(n: int, batch_size: int) -> None:
     tok = model.tokenizer
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(n), key=lambda i: (lengths[i], i))
-    batches = [[texts[i] for i in order[k:k + batch_size]] for k in range(0, n, batch_size)]
+    batches = [[texts[i] for i in order[k : k + batch_size]] for k in range(0, n, batch_size)]
 
     def plain() -> float:
         t = time.perf_counter()
@@ -81,7 +81,9 @@ def speed(n: int, batch_size: int) -> None:
         p.append(plain())
         e.append(extract())
     pm, em = statistics.median(p), statistics.median(e)
-    print(f"speed: n={n} prompts, batch {batch_size}, all {model.cfg.n_layers} layers, mean {statistics.mean(lengths):.0f} tokens")
+    print(
+        f"speed: n={n} prompts, batch {batch_size}, all {model.cfg.n_layers} layers, mean {statistics.mean(lengths):.0f} tokens"
+    )
     print(f"  plain forward      {pm:7.2f} prompts/s  (runs: {', '.join(f'{x:.2f}' for x in p)})")
     print(f"  extraction (cache) {em:7.2f} prompts/s  (runs: {', '.join(f'{x:.2f}' for x in e)})")
     print(f"  ratio extraction / plain = {em / pm:.3f}  (target >= 0.9)")
@@ -122,12 +124,19 @@ def memory(ns: list[int], batch_size: int) -> None:
         # A fixed mmap threshold makes glibc return freed large blocks at once, so resident memory
         # follows live memory instead of the allocator's high-water mark.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--batch-size", str(batch_size)],
-                             capture_output=True, text=True, check=True, env=env)
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(n), "--batch-size", str(batch_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("memory: peak resident memory added by collect_resid (fresh process per n)")
     for r in rows:
-        print(f"  n={r['n']:5d}  peak added {r['peak_added_mb']:8.1f} MB   kept activations {r['kept_mb']:7.1f} MB")
+        print(
+            f"  n={r['n']:5d}  peak added {r['peak_added_mb']:8.1f} MB   kept activations {r['kept_mb']:7.1f} MB"
+        )
     if len(rows) >= 3:
         ns = [r["n"] for r in rows]
         ys = [r["peak_added_mb"] for r in rows]
@@ -136,10 +145,12 @@ def memory(ns: list[int], batch_size: int) -> None:
         intercept = my - slope * mx
         worst = max(abs(y - (intercept + slope * x)) for x, y in zip(ns, ys))
         kept = rows[-1]["kept_mb"] / rows[-1]["n"]
-        print(f"  linear fit: {slope * 1024:.0f} KB per prompt + {intercept:.0f} MB "
-              f"(largest deviation {worst:.0f} MB); kept activations are {kept * 1024:.0f} KB per prompt "
-              f"(n x {rows[-1]['kept_mb'] / rows[-1]['n'] * 2**20 / 4:.0f} floats); "
-              "the constant is one batch of transient activations")
+        print(
+            f"  linear fit: {slope * 1024:.0f} KB per prompt + {intercept:.0f} MB "
+            f"(largest deviation {worst:.0f} MB); kept activations are {kept * 1024:.0f} KB per prompt "
+            f"(n x {rows[-1]['kept_mb'] / rows[-1]['n'] * 2**20 / 4:.0f} floats); "
+            "the constant is one batch of transient activations"
+        )
 
 
 def main() -> None:

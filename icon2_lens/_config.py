@@ -36,8 +36,8 @@ import types
 import typing
 from collections import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
-from typing import Any, Literal, Union
+from functools import cache
+from typing import Any, Literal, Union  # noqa: TID251 - Union is inspected in annotations, not written
 
 __all__ = [
     "ConfigError",
@@ -101,8 +101,15 @@ def option(
             annotations give choices without this).
         cli: Offer the field as a flag (``False`` keeps it to configuration files).
     """
-    metadata = {"help": help, "flag": flag, "aliases": tuple(aliases), "layers": layers, "sep": sep, "choices": tuple(choices) if choices else None,
-                "cli": cli}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "aliases": tuple(aliases),
+        "layers": layers,
+        "sep": sep,
+        "choices": tuple(choices) if choices else None,
+        "cli": cli,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -130,7 +137,7 @@ def config_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -264,15 +271,21 @@ def coerce(cls: type, name: str, value: Any, *, where: str = "") -> Any:
     if none_word is not None:
         if isinstance(value, str):
             return parse_layer_spec(value, none_word)
-        if isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value
+        ):
             return tuple(value)
-        raise ConfigError(f"setting {key!r} must be a layer selection, got {value!r}",
-                          f"write e.g. '13-22', [13, 14, 15] or {none_word!r}")
+        raise ConfigError(
+            f"setting {key!r} must be a layer selection, got {value!r}",
+            f"write e.g. '13-22', [13, 14, 15] or {none_word!r}",
+        )
     return _coerce_type(tp, value, key)
 
 
 def _coerce_type(tp: Any, value: Any, key: str) -> Any:
-    bad = ConfigError(f"setting {key!r} must be {_kind(tp)}, got {value!r}", "fix its value in the config file")
+    bad = ConfigError(
+        f"setting {key!r} must be {_kind(tp)}, got {value!r}", "fix its value in the config file"
+    )
     if tp is Any:
         return value
     if tp is bool:
@@ -294,7 +307,9 @@ def _coerce_type(tp: Any, value: Any, key: str) -> Any:
     if typing.get_origin(tp) is Literal:
         if value in _args_of(tp) and isinstance(value, str):
             return value
-        raise ConfigError(f"setting {key!r} is {value!r}", f"use one of {', '.join(map(str, _args_of(tp)))}")
+        raise ConfigError(
+            f"setting {key!r} is {value!r}", f"use one of {', '.join(map(str, _args_of(tp)))}"
+        )
     item = _sequence_item(tp)
     if item is not None:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -315,7 +330,10 @@ def unknown_key(name: str, known: Iterable[str], where: str = "") -> ConfigError
     known = list(known)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"use one of: {', '.join(known)}"
-    return ConfigError(f"unknown config key {where}{name!r}" if not where else f"unknown config key {where}{name}", hint)
+    return ConfigError(
+        f"unknown config key {where}{name!r}" if not where else f"unknown config key {where}{name}",
+        hint,
+    )
 
 
 def from_dict(cls: type, data: Mapping[str, Any] | None, *, where: str = "", **fixed: Any) -> Any:
@@ -332,7 +350,10 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, *, where: str = "", **f
     """
     data = dict(data or {})
     if not isinstance(data, dict):
-        raise ConfigError(f"section {where.rstrip('.')!r} must be a table", "write it as [section] with key = value lines")
+        raise ConfigError(
+            f"section {where.rstrip('.')!r} must be a table",
+            "write it as [section] with key = value lines",
+        )
     names = [f.name for f in config_fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -442,7 +463,11 @@ def add_arguments(
         derived = []
         setattr(parser, DERIVED_FLAGS, derived)
     for f in config_fields(cls):
-        if f.name in exclude or not f.metadata.get("cli", True) or (keep is not None and f.name not in keep):
+        if (
+            f.name in exclude
+            or not f.metadata.get("cli", True)
+            or (keep is not None and f.name not in keep)
+        ):
             continue
         default = _default(f)
         names = [flag_of(f), *f.metadata.get("aliases", ())]
@@ -452,10 +477,21 @@ def add_arguments(
             action = "store_false" if default is True else "store_true"
             group.add_argument(*names, dest=f.name, action=action, default=default, help=helptext)
         else:
-            shown = (format_value(cls, f.name, default) if default is not None else "none").replace("%", "%%")
-            kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{helptext} (default: {shown})",
-                                      "type": _cli_parser(cls, f)}
-            choices = f.metadata.get("choices") or (list(_args_of(tp)) if typing.get_origin(tp) is Literal else None)
+            shown = (
+                format_value(cls, f.name, default)
+                if default is not None or f.metadata.get("layers")
+                else "none"
+            )
+            shown = shown.replace("%", "%%")
+            kwargs: dict[str, Any] = {
+                "dest": f.name,
+                "default": default,
+                "help": f"{helptext} (default: {shown})",
+                "type": _cli_parser(cls, f),
+            }
+            choices = f.metadata.get("choices") or (
+                list(_args_of(tp)) if typing.get_origin(tp) is Literal else None
+            )
             if choices:
                 kwargs["choices"] = list(choices)
                 kwargs.pop("type")
@@ -463,11 +499,16 @@ def add_arguments(
         derived.append((f.name, cls, f.name))
 
 
-def from_args(cls: type, args: argparse.Namespace, *, exclude: Iterable[str] = (), **fixed: Any) -> Any:
+def from_args(
+    cls: type, args: argparse.Namespace, *, exclude: Iterable[str] = (), **fixed: Any
+) -> Any:
     """An instance of ``cls`` from parsed flags (fields in ``exclude`` keep their defaults)."""
     exclude = set(exclude)
-    kwargs = {f.name: getattr(args, f.name) for f in config_fields(cls)
-              if f.name not in exclude and f.metadata.get("cli", True) and hasattr(args, f.name)}
+    kwargs = {
+        f.name: getattr(args, f.name)
+        for f in config_fields(cls)
+        if f.name not in exclude and f.metadata.get("cli", True) and hasattr(args, f.name)
+    }
     kwargs.update(fixed)
     try:
         return cls(**kwargs)

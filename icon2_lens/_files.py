@@ -85,7 +85,9 @@ def read_json(path: str | Path) -> Any:
     except FileNotFoundError as e:
         raise ValueError(f"{path} does not exist; check the path") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete it to start over") from e
+        raise ValueError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete it to start over"
+        ) from e
 
 
 def read_marker(path: str | Path) -> Any:
@@ -95,7 +97,9 @@ def read_marker(path: str | Path) -> Any:
 
 
 def _jsonl_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(json_safe(dict(r)), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    return "".join(
+        json.dumps(json_safe(dict(r)), ensure_ascii=False, allow_nan=False) + "\n" for r in rows
+    )
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -140,8 +144,10 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]
                     with open(path, "r+b") as f:
                         f.truncate(good_end)
                     break
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e}); fix that line (each line holds one "
-                                 "JSON object) or delete the file to start over") from e
+                raise ValueError(
+                    f"{path}:{line_no}: not valid JSON ({e}); fix that line (each line holds one "
+                    "JSON object) or delete the file to start over"
+                ) from e
         good_end = min(end, len(data))
         pos = end
     return out
@@ -162,7 +168,11 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu", torch.float32).contiguous()
         data = t.numpy().astype("<f4", copy=False).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode("utf-8")
@@ -171,7 +181,14 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -
 
 
 def read_saved_config(
-    path: str | Path, *, cfg_file: str, weights_file: str, fmt: str, version: int, what: str, fix: str,
+    path: str | Path,
+    *,
+    cfg_file: str,
+    weights_file: str,
+    fmt: str,
+    version: int,
+    what: str,
+    fix: str,
     missing_hint: str = "",
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Locate a saved folder's JSON config and safetensors file and check the config's format.
@@ -187,7 +204,9 @@ def read_saved_config(
         p = p.parent
     cfg_path, weights_path = p / cfg_file, p / weights_file
     if not cfg_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"{str(p)!r} is not a saved {what}: it needs {cfg_file} and {weights_file}{missing_hint}")
+        raise ValueError(
+            f"{str(p)!r} is not a saved {what}: it needs {cfg_file} and {weights_file}{missing_hint}"
+        )
     cfg = read_json(cfg_path)
     if cfg.get("format") != fmt:
         raise ValueError(f"{cfg_path} is not an icon2_lens {what} (format={cfg.get('format')!r})")

@@ -22,8 +22,18 @@ __all__ = ["PALETTE", "plotly_go", "write_figures", "write_figures_or_warn"]
 
 logger = logging.getLogger(__name__)
 
-PALETTE: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-                            "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE: tuple[str, ...] = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 """One colour per series, in order (plotly's default qualitative colours)."""
 
 
@@ -49,16 +59,26 @@ def _export_png(figs: list, paths: list[Path], *, scale: float) -> None:
         {
             "fig": fig.to_plotly_json(),
             "path": path,
-            "opts": {"format": "png", "width": fig.layout.width or 800,
-                     "height": fig.layout.height or 500, "scale": scale},
+            "opts": {
+                "format": "png",
+                "width": fig.layout.width or 800,
+                "height": fig.layout.height or 500,
+                "scale": scale,
+            },
         }
         for fig, path in zip(figs, paths)
     ]
     kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
 
 
-def write_figures(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: bool = True,
-                  html: bool = True, scale: float = 1.5) -> list[Path]:
+def write_figures(
+    figs: Mapping[str, "go.Figure"],
+    folder: str | Path,
+    *,
+    png: bool = True,
+    html: bool = True,
+    scale: float = 1.5,
+) -> list[Path]:
     """Write each figure as ``<name>.html`` (plotly.js in a shared ``plotly.min.js`` beside the
     pages, so they open offline) and, if ``png``, ``<name>.png``.
 
@@ -87,7 +107,9 @@ def write_figures(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: b
     return written
 
 
-def write_figures_or_warn(figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: bool = True) -> list[Path]:
+def write_figures_or_warn(
+    figs: Mapping[str, "go.Figure"], folder: str | Path, *, png: bool = True
+) -> list[Path]:
     """:func:`write_figures`, but a failed PNG export only logs a warning (the HTML files stay)."""
     try:
         return write_figures(figs, folder, png=png)

@@ -72,7 +72,10 @@ def _tiny_tokenizer_dir(chat_template: bool, judge_labels: bool = False) -> str:
         tok.chat_template = _CHAT_TEMPLATE
     # Round-trip through disk: TransformerLens reads init_kwargs["name_or_path"], which an
     # in-memory tokenizer lacks. One directory per variant, shared by processes, written atomically.
-    out = Path(tempfile.gettempdir()) / f"icon2_lens_tiny_tokenizer_v1_{int(chat_template)}{'_j' * judge_labels}"
+    out = (
+        Path(tempfile.gettempdir())
+        / f"icon2_lens_tiny_tokenizer_v1_{int(chat_template)}{'_j' * judge_labels}"
+    )
     if not (out / "tokenizer_config.json").is_file():
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
         tok.save_pretrained(tmp)
@@ -83,7 +86,9 @@ def _tiny_tokenizer_dir(chat_template: bool, judge_labels: bool = False) -> str:
     return str(out)
 
 
-def tiny_tokenizer(*, chat_template: bool = True, judge_labels: bool = False) -> PreTrainedTokenizerBase:
+def tiny_tokenizer(
+    *, chat_template: bool = True, judge_labels: bool = False
+) -> PreTrainedTokenizerBase:
     """A word-level tokenizer over :data:`TINY_WORDS` with a small chat template.
 
     Args:
@@ -99,7 +104,9 @@ def tiny_tokenizer(*, chat_template: bool = True, judge_labels: bool = False) ->
         >>> tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False)
         '<bos><turn> user : hello <end> '
     """
-    tok = AutoTokenizer.from_pretrained(_tiny_tokenizer_dir(chat_template, judge_labels), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(
+        _tiny_tokenizer_dir(chat_template, judge_labels), local_files_only=True
+    )
     tok.padding_side = "left"
     return tok
 
@@ -148,7 +155,12 @@ def tiny_causal_lm(
             hf.model.embed_tokens.weight.mul_(50.0)
             if attentive:
                 for layer in hf.model.layers:
-                    for proj, scale in (("q_proj", 5), ("k_proj", 5), ("v_proj", 20), ("o_proj", 20)):
+                    for proj, scale in (
+                        ("q_proj", 5),
+                        ("k_proj", 5),
+                        ("v_proj", 20),
+                        ("o_proj", 20),
+                    ):
                         getattr(layer.self_attn, proj).weight.mul_(scale)
     finally:
         torch.random.set_rng_state(generator_state)

@@ -23,7 +23,11 @@ def _no_leaked_hooks(request):
         hook_dict = getattr(obj, "hook_dict", None)
         if hook_dict is None:
             continue
-        leaked = [n for n, hp in hook_dict.items() if getattr(hp, "fwd_hooks", None) or getattr(hp, "bwd_hooks", None)]
+        leaked = [
+            n
+            for n, hp in hook_dict.items()
+            if getattr(hp, "fwd_hooks", None) or getattr(hp, "bwd_hooks", None)
+        ]
         assert not leaked, f"hooks left attached: {leaked[:5]}"
 
 
@@ -40,15 +44,28 @@ def _tiny_experiment_config(model_dir, **over):
     from icon2_lens.runs.experiment import load_experiment_config
 
     sections = {
-        "experiment": {"sources": ["icon2", "sp", "sampling_ranking", "self_rewarding", "icon2_unfiltered"],
-                       "n_instructions": 3, "n_pairs": 2, "alignez": True},
-        "extract": {"criteria": ["helpfulness", "harmlessness"], "n_instructions": 12, "n_heldout": 6},
+        "experiment": {
+            "sources": ["icon2", "sp", "sampling_ranking", "self_rewarding", "icon2_unfiltered"],
+            "n_instructions": 3,
+            "n_pairs": 2,
+            "alignez": True,
+        },
+        "extract": {
+            "criteria": ["helpfulness", "harmlessness"],
+            "n_instructions": 12,
+            "n_heldout": 6,
+        },
         "synthesize": {"n": 96, "max_new_tokens": 10, "batch_size": 16},
         "filter": {"fraction": 1.0},
         "pairs": {"layers": "0-2", "gamma_pos": 2.0, "gamma_neg": -2.0, "max_new_tokens": 8},
         "baselines": {"n_samples": 3, "max_new_tokens": 8, "temperature": 1.0},
         "dpo": {"per_device_train_batch_size": 2, "max_length": 64, "learning_rate": 1e-3},
-        "alignez": {"n_queries": 4, "description_tokens": 6, "response_tokens": 8, "do_sample": True},
+        "alignez": {
+            "n_queries": 4,
+            "description_tokens": 6,
+            "response_tokens": 8,
+            "do_sample": True,
+        },
         "eval": {"n_benign": 4, "n_harmful": 2, "max_new_tokens": 6},
     }
     for key, value in over.items():
@@ -65,8 +82,11 @@ def lenient_cleaning(monkeypatch):
     import icon2_lens.instructions.synthesize as synthesize
 
     real = synthesize.clean_instructions
-    monkeypatch.setattr(synthesize, "clean_instructions",
-                        lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}))
+    monkeypatch.setattr(
+        synthesize,
+        "clean_instructions",
+        lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}),
+    )
 
 
 @pytest.fixture

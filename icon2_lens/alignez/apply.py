@@ -17,11 +17,12 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .._types import LensModel
-from ..model.chat import render_chat
-from ..model.collect import collect_resid
-from ..model.generate import Decoding, Generation, generate
-from ..model.hooks import RowSelection, as_tl_hook, edit_start, validate_hook_names
+from icon2_lens._types import LensModel
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.collect import collect_resid
+from icon2_lens.model.generate import Decoding, Generation, generate
+from icon2_lens.model.hooks import RowSelection, as_tl_hook, edit_start, validate_hook_names
+
 from .config import SITE, check_finite
 from .edit import AlignEZEdit, check_edit
 from .subspace import gated_edit

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from .._config import documented, option
+from icon2_lens._config import documented, option
 
 __all__ = [
     "AlignEZConfig",
@@ -84,32 +84,56 @@ class AlignEZConfig:
     """How an AlignEZ edit is fitted and applied (see :mod:`icon2_lens.alignez`); saved with the edit."""
 
     k: int = option(2, help="directions per layer (help and harm each)")
-    n_edit_layers: int = option(3, aliases=("--n-layers",), help="how many layers to edit when layers is not given")
-    layers: tuple[int, ...] | None = option(None, layers="auto",
-                                            help="explicit layers to edit (negatives count from the end); auto: chosen")
-    candidate_layers: tuple[int, ...] | None = option(None, layers="auto",
-                                                      help="layers the choice draws from; auto: the middle half")
+    n_edit_layers: int = option(
+        3, aliases=("--n-layers",), help="how many layers to edit when layers is not given"
+    )
+    layers: tuple[int, ...] | None = option(
+        None,
+        layers="auto",
+        help="explicit layers to edit (negatives count from the end); auto: chosen",
+    )
+    candidate_layers: tuple[int, ...] | None = option(
+        None, layers="auto", help="layers the choice draws from; auto: the middle half"
+    )
     layer_rule: Literal["difference", "separation"] = option(
-        "difference", help="how layers are chosen: help/harm difference relative to the residual norm, or "
-                           "held-out separation of the top help direction")
+        "difference",
+        help="how layers are chosen: help/harm difference relative to the residual norm, or "
+        "held-out separation of the top help direction",
+    )
     harm: Literal["mirror", "subspace"] = option(
-        "mirror", help="harm directions: the help axes pointing the other way, or the harm answers' own subspace")
+        "mirror",
+        help="harm directions: the help axes pointing the other way, or the harm answers' own subspace",
+    )
     harm_filter: Literal["always", "expressed"] = option(
-        "always", help="harm directions a query keeps: all of them (the ReLU gate tests presence), or those it leans to")
-    center: bool = option(True, help="measure gates and filter from the fitted centres (--no-center: literal <x, θ>)")
+        "always",
+        help="harm directions a query keeps: all of them (the ReLU gate tests presence), or those it leans to",
+    )
+    center: bool = option(
+        True, help="measure gates and filter from the fitted centres (--no-center: literal <x, θ>)"
+    )
     unit: Literal["relative", "absolute"] = option(
-        "relative", help="relative: scales × the layer's answer-embedding norm; absolute: as given")
+        "relative", help="relative: scales × the layer's answer-embedding norm; absolute: as given"
+    )
     gate_scale: float = option(0.05, help="gate temperature τ (in unit)")
     edit_scale: float | None = option(None, help="push r (in unit); none: equal to gate_scale")
-    positions: Literal["all", "generated"] = option("all", help="edited positions: all, or generated only")
+    positions: Literal["all", "generated"] = option(
+        "all", help="edited positions: all, or generated only"
+    )
     strength: float = option(1.0, help="default strength s (0: no edit; negative reverses it)")
     description_tokens: int = option(40, help="budget of each good/bad description")
     response_tokens: int = option(80, help="budget of each conditioned answer")
     max_similarity: float = option(0.99, help="drop pairs whose embedding cosine is above this")
-    similarity: Literal["centered", "raw"] = option("centered", help="pair similarity: centred or raw cosine")
-    max_repetition: float = option(0.5, help="repeated-4-gram rate above which a text counts as degenerate")
-    do_sample: bool = option(False, aliases=("--sample",),
-                             help="sample the descriptions and answers (each text from its own seeded generator)")
+    similarity: Literal["centered", "raw"] = option(
+        "centered", help="pair similarity: centred or raw cosine"
+    )
+    max_repetition: float = option(
+        0.5, help="repeated-4-gram rate above which a text counts as degenerate"
+    )
+    do_sample: bool = option(
+        False,
+        aliases=("--sample",),
+        help="sample the descriptions and answers (each text from its own seeded generator)",
+    )
     temperature: float = option(1.0, help="sampling temperature")
     batch_size: int = option(16, help="rows per forward pass")
     seed: int = option(0, help="sampling seed")

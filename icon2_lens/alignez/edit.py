@@ -10,10 +10,11 @@ from jaxtyping import Float
 from safetensors import safe_open
 from torch import Tensor
 
-from .._files import read_saved_config, safetensors_bytes, write_json
-from .._types import LensModel
-from ..model.hooks import resid_hook_name
-from ..model.load import check_fits, package_versions
+from icon2_lens._files import read_saved_config, safetensors_bytes, write_json
+from icon2_lens._types import LensModel
+from icon2_lens.model.hooks import resid_hook_name
+from icon2_lens.model.load import check_fits, package_versions
+
 from .config import (
     CFG_FILE,
     DESCRIBE_HARM,
@@ -230,8 +231,15 @@ def load_alignez(
         (True, True)
     """
     cfg_path, weights_path, cfg = read_saved_config(
-        path, cfg_file=CFG_FILE, weights_file=WEIGHTS_FILE, fmt=FORMAT, version=FORMAT_VERSION,
-        what="AlignEZ edit", fix="Re-fit the edit.", missing_hint=" (write one with 'icon2-lens alignez fit')")
+        path,
+        cfg_file=CFG_FILE,
+        weights_file=WEIGHTS_FILE,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        what="AlignEZ edit",
+        fix="Re-fit the edit.",
+        missing_hint=" (write one with 'icon2-lens alignez fit')",
+    )
     names = ("help", "harm", "center", "query_center", "resid_norm")
     try:
         with safe_open(str(weights_path), framework="pt") as f:
@@ -266,6 +274,13 @@ def check_edit(
 ) -> None:
     """Raise a ``ValueError`` naming the fix unless ``edit`` can be applied to ``model``."""
     where = f" ({source})" if source else ""
-    check_fits(model, what=f"the AlignEZ edit{where}", d_model=edit.d_model, layers=edit.layers,
-               origin=edit.model_name, fingerprint=edit.model_fingerprint, check_fingerprint=check_fingerprint,
-               fix="fit an edit for this model ('icon2-lens alignez fit' or fit_alignez)")
+    check_fits(
+        model,
+        what=f"the AlignEZ edit{where}",
+        d_model=edit.d_model,
+        layers=edit.layers,
+        origin=edit.model_name,
+        fingerprint=edit.model_fingerprint,
+        check_fingerprint=check_fingerprint,
+        fix="fit an edit for this model ('icon2-lens alignez fit' or fit_alignez)",
+    )

@@ -11,16 +11,25 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._files import append_jsonl, check_settings, read_jsonl
-from .._types import LensModel
-from ..judge.rules import degeneracy
-from ..model.chat import encode_prompts, render_chat
-from ..model.collect import collect_resid
-from ..model.generate import Decoding, Generation, generate_rows
-from ..model.hooks import normalize_layers, resid_hook_name
-from ..model.load import model_fingerprint
-from ..model.read import read_responses
-from .config import DESCRIBE_HARM, DESCRIBE_HELP, PAIRS_FILE, PAIRS_SETTINGS, RESPOND_SYSTEM, SITE, AlignEZConfig
+from icon2_lens._files import append_jsonl, check_settings, read_jsonl
+from icon2_lens._types import LensModel
+from icon2_lens.judge.rules import degeneracy
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.model.collect import collect_resid
+from icon2_lens.model.generate import Decoding, Generation, generate_rows
+from icon2_lens.model.hooks import normalize_layers, resid_hook_name
+from icon2_lens.model.load import model_fingerprint
+from icon2_lens.model.read import read_responses
+
+from .config import (
+    DESCRIBE_HARM,
+    DESCRIBE_HELP,
+    PAIRS_FILE,
+    PAIRS_SETTINGS,
+    RESPOND_SYSTEM,
+    SITE,
+    AlignEZConfig,
+)
 from .edit import AlignEZEdit
 from .subspace import fit_subspace, heldout_separation
 
@@ -101,8 +110,12 @@ def generate_self_pairs(
             "model_name": str(model.cfg.model_name),
             "model_fingerprint": model_fingerprint(model),
         }
-        check_settings(out_dir / PAIRS_SETTINGS, settings, what="AlignEZ pairs",
-                       fix=f"choose another --out or delete {out_dir / PAIRS_FILE}")
+        check_settings(
+            out_dir / PAIRS_SETTINGS,
+            settings,
+            what="AlignEZ pairs",
+            fix=f"choose another --out or delete {out_dir / PAIRS_FILE}",
+        )
         pairs_path = out_dir / PAIRS_FILE
         for rec in read_jsonl(pairs_path, repair=True):
             i = int(rec["index"])
@@ -246,9 +259,14 @@ def fit_alignez(
     """
     config = config or AlignEZConfig()
     n_layers = model.cfg.n_layers
-    explicit = normalize_layers(list(config.layers), n_layers) if config.layers is not None else None
-    candidates = (normalize_layers(list(config.candidate_layers), n_layers) if config.candidate_layers is not None
-                  else _default_candidates(n_layers))
+    explicit = (
+        normalize_layers(list(config.layers), n_layers) if config.layers is not None else None
+    )
+    candidates = (
+        normalize_layers(list(config.candidate_layers), n_layers)
+        if config.candidate_layers is not None
+        else _default_candidates(n_layers)
+    )
     records = generate_self_pairs(model, queries, config, progress=progress, out=out)
     counts = Counter(r["dropped"] or "kept" for r in records)
     kept = [r for r in records if r["dropped"] is None]
@@ -264,18 +282,29 @@ def fit_alignez(
         counts["kept"] -= n_similar
     norms = torch.cat([help_emb, harm_emb]).norm(dim=-1).mean(0)  # [layer]
     subspaces, per_layer = _fit_layers(help_emb, harm_emb, norms, config)
-    chosen = explicit if explicit is not None else _choose_layers(per_layer, subspaces, candidates, config,
-                                                                  n_pairs=int(use.numel()))
+    chosen = (
+        explicit
+        if explicit is not None
+        else _choose_layers(per_layer, subspaces, candidates, config, n_pairs=int(use.numel()))
+    )
     missing = [layer for layer in chosen if layer not in subspaces]
     if missing:
-        raise ValueError(f"layers {missing} show no help/harm difference at all; choose other layers")
+        raise ValueError(
+            f"layers {missing} show no help/harm difference at all; choose other layers"
+        )
     center, query_center = _centres(model, queries, help_emb, harm_emb, chosen, config)
     stats = {
         "n_queries": len(records),
         "n_pairs": int(use.numel()),
         "dropped": {k: v for k, v in counts.items() if k != "kept"},
-        "pairs": [{"index": r["index"], "similarity": float(sim[j]), "used": bool(sim[j] <= config.max_similarity)}
-                  for j, r in enumerate(kept)],
+        "pairs": [
+            {
+                "index": r["index"],
+                "similarity": float(sim[j]),
+                "used": bool(sim[j] <= config.max_similarity),
+            }
+            for j, r in enumerate(kept)
+        ],
         "candidate_layers": candidates,
         "layer_rule": config.layer_rule if explicit is None else "explicit",
         "per_layer": per_layer,
@@ -294,8 +323,13 @@ def fit_alignez(
         n_model_layers=n_layers,
         model_fingerprint=model_fingerprint(model),
     )
-    log.info("AlignEZ: %d pairs of %d queries (dropped %s), layers %s", stats["n_pairs"], len(records),
-             stats["dropped"], chosen)
+    log.info(
+        "AlignEZ: %d pairs of %d queries (dropped %s), layers %s",
+        stats["n_pairs"],
+        len(records),
+        stats["dropped"],
+        chosen,
+    )
     if out is not None:
         edit.save(out)
     return edit
@@ -313,8 +347,17 @@ def _embed_pairs(
     n = len(kept)
     texts = [r["query"] for r in kept] * 2
     answers = [r["help_response"] for r in kept] + [r["harm_response"] for r in kept]
-    res = read_responses(model, texts, answers, layers=list(range(model.cfg.n_layers)), site=SITE, read="mean",
-                         batch_size=config.batch_size, nll=False, progress=progress)
+    res = read_responses(
+        model,
+        texts,
+        answers,
+        layers=list(range(model.cfg.n_layers)),
+        site=SITE,
+        read="mean",
+        batch_size=config.batch_size,
+        nll=False,
+        progress=progress,
+    )
     help_all, harm_all = res.readings[:n], res.readings[n:]
     sim = _pair_similarity(help_all, harm_all, config.similarity)
     use = (sim <= config.max_similarity).nonzero().flatten()
@@ -341,36 +384,54 @@ def _fit_layers(
         if float(diff.abs().max()) > 0:
             sub = fit_subspace(help_emb[:, layer], harm_emb[:, layer], config.k, harm=config.harm)
             subspaces[layer] = sub
-            entry.update(separation=sub.separation, explained=sub.explained,
-                         singular_values=[float(x) for x in sub.singular_values])
+            entry.update(
+                separation=sub.separation,
+                explained=sub.explained,
+                singular_values=[float(x) for x in sub.singular_values],
+            )
         per_layer[resid_hook_name(layer, SITE)] = entry
     return subspaces, per_layer
 
 
 def _choose_layers(
-    per_layer: dict[str, dict[str, Any]], subspaces: dict[int, Any], candidates: list[int], config: AlignEZConfig,
-    *, n_pairs: int,
+    per_layer: dict[str, dict[str, Any]],
+    subspaces: dict[int, Any],
+    candidates: list[int],
+    config: AlignEZConfig,
+    *,
+    n_pairs: int,
 ) -> list[int]:
     """Step 4: the ``n_edit_layers`` candidate layers that score highest under ``layer_rule``."""
     pool = [layer for layer in candidates if layer in subspaces]
     if not pool:
-        raise ValueError(f"the help and harm embeddings are identical at every candidate layer {candidates}")
+        raise ValueError(
+            f"the help and harm embeddings are identical at every candidate layer {candidates}"
+        )
     rule = config.layer_rule
     if rule == "separation" and n_pairs < 2:
-        log.warning("layer_rule='separation' needs at least 2 pairs; choosing layers by 'difference'")
+        log.warning(
+            "layer_rule='separation' needs at least 2 pairs; choosing layers by 'difference'"
+        )
         rule = "difference"
 
     def score(layer: int) -> tuple[float, float]:
         e = per_layer[resid_hook_name(layer, SITE)]
         if rule == "separation":
-            return (e["heldout_separation"] if e["heldout_separation"] is not None else 0.0, e["difference"])
+            return (
+                e["heldout_separation"] if e["heldout_separation"] is not None else 0.0,
+                e["difference"],
+            )
         return (e["difference"], 0.0)
 
     return sorted(sorted(pool, key=score, reverse=True)[: config.n_edit_layers])
 
 
 def _centres(
-    model: LensModel, queries: Sequence[str], help_emb: Tensor, harm_emb: Tensor, chosen: list[int],
+    model: LensModel,
+    queries: Sequence[str],
+    help_emb: Tensor,
+    harm_emb: Tensor,
+    chosen: list[int],
     config: AlignEZConfig,
 ) -> tuple[Tensor, Tensor]:
     """The gate centre (help/harm midpoint) and the filter centre (mean query residual) at ``chosen``."""
@@ -379,6 +440,13 @@ def _centres(
         return zeros, zeros.clone()
     idx = torch.tensor(chosen)
     center = 0.5 * (help_emb[:, idx].mean(0) + harm_emb[:, idx].mean(0))
-    phi = collect_resid(model, [render_chat(model.tokenizer, q) for q in queries], layers=chosen, site=SITE,
-                        batch_size=config.batch_size, progress=False, backend="fast")
+    phi = collect_resid(
+        model,
+        [render_chat(model.tokenizer, q) for q in queries],
+        layers=chosen,
+        site=SITE,
+        batch_size=config.batch_size,
+        progress=False,
+        backend="fast",
+    )
     return center, phi.mean(0)

@@ -20,7 +20,8 @@ import logging
 import sys
 from importlib import import_module
 
-from .._config import ConfigError
+from icon2_lens._config import ConfigError
+
 from ._common import Parser, render, stdout
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -46,7 +47,9 @@ _NOISY = ("httpx", "urllib3", "choreographer", "kaleido", "transformers", "trans
 
 def _shared() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("-v", "--verbose", action="store_true", help="log debug messages (to stderr)")
+    shared.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages (to stderr)"
+    )
     shared.add_argument("--debug", action="store_true", help="show the traceback of an error")
     shared.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return shared
@@ -54,9 +57,14 @@ def _shared() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (``parser.commands`` maps a name to its module and subparser)."""
-    parser = Parser(prog="icon2-lens", description="Preference directions and self-synthesized DPO data from a "
-                    "model's own residual stream (Icon², AlignEZ) on TransformerLens.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    parser = Parser(
+        prog="icon2-lens",
+        description="Preference directions and self-synthesized DPO data from a "
+        "model's own residual stream (Icon², AlignEZ) on TransformerLens.",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
     shared = _shared()
     parser.commands = {}
     for name, module_name in COMMANDS.items():
@@ -90,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if apply_config(subparser, args, module.CONFIG_CLASSES):
                 args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         for noisy in _NOISY:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         result = module.run(args)
@@ -100,15 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("error: interrupted — run the same command again to resume", file=sys.stderr)
+        sys.stderr.write("error: interrupted — run the same command again to resume\n")
         return 130
     except (ConfigError, ValueError, KeyError, OSError) as e:
         if debug:
             raise
-        print(_one_line(e), file=sys.stderr)
+        sys.stderr.write(_one_line(e) + "\n")
         return 2
     except Exception as e:  # noqa: BLE001 - anything else still gets one line; --debug shows where
         if debug:
             raise
-        print(f"{_one_line(e)} ({type(e).__name__}) — run again with --debug to see the traceback", file=sys.stderr)
+        sys.stderr.write(
+            f"{_one_line(e)} ({type(e).__name__}) — run again with --debug to see the traceback\n"
+        )
         return 2

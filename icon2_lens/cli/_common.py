@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._config import ConfigError, config_fields, from_dict
+from icon2_lens._config import ConfigError, config_fields, from_dict
 
 __all__ = [
     "Parser",
@@ -48,19 +48,28 @@ def render(command: str, result: Result, *, as_json: bool) -> str:
     """The stdout of a command: ``text``, then ``key: value`` lines, then ``written: path`` lines;
     with ``as_json`` one JSON object ``{"command", "summary", "outputs"}``."""
     if as_json:
-        return json.dumps({"command": command, "summary": result.summary, "outputs": result.outputs},
-                          ensure_ascii=False, default=str)
+        return json.dumps(
+            {"command": command, "summary": result.summary, "outputs": result.outputs},
+            ensure_ascii=False,
+            default=str,
+        )
     parts = [result.text.rstrip()] if result.text else []
     lines = [f"{k}: {v}" for k, v in result.summary.items()]
-    lines += [f"written: {v}" + (f" ({k})" if k not in ("out", "output") else "") for k, v in result.outputs.items()]
+    lines += [
+        f"written: {v}" + (f" ({k})" if k not in ("out", "output") else "")
+        for k, v in result.outputs.items()
+    ]
     if lines:
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="embedded model key (smollm2-135m [default], gemma3-270m), HF model directory or hub id")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="embedded model key (smollm2-135m [default], gemma3-270m), HF model directory or hub id",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, png: bool = True) -> None:
@@ -72,15 +81,21 @@ def add_run_options(parser: argparse.ArgumentParser, *, png: bool = True) -> Non
 def add_config_option(parser: argparse.ArgumentParser, section: str) -> None:
     """``--config F``: take this command's defaults from section ``[section]`` (and ``model``/``seed``)
     of a run or experiment TOML file; flags given on the command line still win."""
-    parser.add_argument("--config", default=None, metavar="TOML",
-                        help=f"take defaults from the [{section}] section (and model, seed) of a run or experiment "
-                             "config such as configs/default.toml; flags given here still win")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help=f"take defaults from the [{section}] section (and model, seed) of a run or experiment "
+        "config such as configs/default.toml; flags given here still win",
+    )
     parser.set_defaults(_config_section=section)
 
 
-def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, classes: Sequence[type]) -> bool:
+def apply_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, classes: Sequence[type]
+) -> bool:
     """Set ``parser``'s defaults from ``args.config``'s section for ``classes``; ``True`` if any were set."""
-    from ..runs.config import read_toml
+    from icon2_lens.runs.config import read_toml
 
     path, section = getattr(args, "config", None), getattr(args, "_config_section", None)
     if not path or not section:
@@ -88,7 +103,9 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, clas
     data = read_toml(path)
     values: dict[str, Any] = dict(data.get(section) or {})
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{path}: [{section}] must be a table", "write it as [section] with key = value lines")
+        raise ConfigError(
+            f"{path}: [{section}] must be a table", "write it as [section] with key = value lines"
+        )
     for key in ("model", "seed"):
         if key in data and key not in values:
             values[key] = data[key]
@@ -98,8 +115,10 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, clas
     names = {f.name for cls in classes for f in config_fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} in [{section}]",
-                          "remove them or fix their spelling (see 'icon2-lens config show')")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in [{section}]",
+            "remove them or fix their spelling (see 'icon2-lens config show')",
+        )
     for cls in classes:
         mine = {k: v for k, v in values.items() if k in {f.name for f in config_fields(cls)}}
         instance = from_dict(cls, mine, where=f"{section}.")
@@ -113,7 +132,7 @@ def load(name: str | None):
     import torch
     from transformers.utils import logging as hf_logging
 
-    from ..model.load import load_model
+    from icon2_lens.model.load import load_model
 
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise on a terminal and in logs
     torch.set_grad_enabled(False)

@@ -2,13 +2,19 @@
 
 from pathlib import Path
 
-from .._config import ConfigError, add_arguments, from_args
-from ..directions.extract import load_extraction
-from ..evaluate.judging import EvalConfig, evaluate_systems, read_eval_records, results_frame
-from ..evaluate.systems import SystemSpec, parse_system
-from ..judge.registry import make_judge
-from ..model.generate import Decoding
-from ..model.hooks import parse_layers
+from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens.directions.extract import load_extraction
+from icon2_lens.evaluate.judging import (
+    EvalConfig,
+    evaluate_systems,
+    read_eval_records,
+    results_frame,
+)
+from icon2_lens.evaluate.systems import SystemSpec, parse_system
+from icon2_lens.judge.registry import make_judge
+from icon2_lens.model.generate import Decoding
+from icon2_lens.model.hooks import parse_layers
+
 from ._common import Result, add_config_option, add_model, add_run_options, load, out_dir
 
 __all__ = ["register", "run", "CONFIG_CLASSES"]
@@ -17,20 +23,36 @@ CONFIG_CLASSES = (EvalConfig,)
 
 
 def register(sub, parents):
-    p = sub.add_parser("eval", parents=parents,
-                       help="answer held-out instructions with several systems and compare them with judges "
-                            "(win rate, length-controlled win rate, intervals)")
+    p = sub.add_parser(
+        "eval",
+        parents=parents,
+        help="answer held-out instructions with several systems and compare them with judges "
+        "(win rate, length-controlled win rate, intervals)",
+    )
     add_model(p)
-    p.add_argument("--system", action="append", default=[], metavar="[NAME=]SPEC",
-                   help="a system to compare with the base (repeatable): model:PATH, alignez:DIR[@STRENGTH], "
-                        "steer:DIR@GAMMA@LAYERS, or a model path")
-    p.add_argument("--instructions", default="builtin",
-                   help="'builtin' (the shipped held-out set with harmful requests) or a .jsonl with "
-                        "'instruction' and optional 'kind' (benign/harmful) or a .txt file")
-    p.add_argument("--directions", default=None, help="extraction directory (needed by the inherent judge)")
-    p.add_argument("--layers", default=None,
-                   help="layers the inherent judge averages over, e.g. 13-22 (default: each criterion's "
-                        "recommended interval from the extraction)")
+    p.add_argument(
+        "--system",
+        action="append",
+        default=[],
+        metavar="[NAME=]SPEC",
+        help="a system to compare with the base (repeatable): model:PATH, alignez:DIR[@STRENGTH], "
+        "steer:DIR@GAMMA@LAYERS, or a model path",
+    )
+    p.add_argument(
+        "--instructions",
+        default="builtin",
+        help="'builtin' (the shipped held-out set with harmful requests) or a .jsonl with "
+        "'instruction' and optional 'kind' (benign/harmful) or a .txt file",
+    )
+    p.add_argument(
+        "--directions", default=None, help="extraction directory (needed by the inherent judge)"
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="layers the inherent judge averages over, e.g. 13-22 (default: each criterion's "
+        "recommended interval from the extraction)",
+    )
     add_arguments(p, EvalConfig)
     p.add_argument("--out", default="runs/eval", help="output directory")
     add_run_options(p, png=False)
@@ -40,8 +62,10 @@ def register(sub, parents):
 
 def _systems(texts: list[str]) -> list[SystemSpec]:
     if not texts:
-        raise ConfigError("no --system to compare with the base",
-                          "name at least one, e.g. --system model:runs/x/dpo/model")
+        raise ConfigError(
+            "no --system to compare with the base",
+            "name at least one, e.g. --system model:runs/x/dpo/model",
+        )
     systems = [SystemSpec("base", "base")]
     for text in texts:
         name, sep, spec = text.partition("=")
@@ -60,8 +84,20 @@ def run(args) -> Result:
         sets, intervals = load_extraction(args.directions, model=model)
         layers = parse_layers(args.layers, model.cfg.n_layers) if args.layers else intervals
     judges = [make_judge(name, model, direction_sets=sets, layers=layers) for name in config.judges]
-    result = evaluate_systems(model, systems, records, judges, out=out, reference=config.reference,
-                              decoding=Decoding(max_new_tokens=config.max_new_tokens), batch_size=config.batch_size,
-                              seed=config.seed, progress=not args.no_progress)
-    return Result(results_frame(result).to_string(index=False), {"instructions": result["n"]},
-                  {"eval": str((Path(out) / "eval.json").resolve()), "out": str(Path(out).resolve())})
+    result = evaluate_systems(
+        model,
+        systems,
+        records,
+        judges,
+        out=out,
+        reference=config.reference,
+        decoding=Decoding(max_new_tokens=config.max_new_tokens),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=not args.no_progress,
+    )
+    return Result(
+        results_frame(result).to_string(index=False),
+        {"instructions": result["n"]},
+        {"eval": str((Path(out) / "eval.json").resolve()), "out": str(Path(out).resolve())},
+    )

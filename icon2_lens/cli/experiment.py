@@ -3,21 +3,33 @@
 import time
 from pathlib import Path
 
-from ..runs.config import ExperimentConfig
-from ..runs.experiment import run_experiment
+from icon2_lens.runs.config import ExperimentConfig
+from icon2_lens.runs.experiment import run_experiment
+
 from ._common import Result, add_run_options, out_dir
 
 __all__ = ["register", "run"]
 
 
 def register(sub, parents):
-    p = sub.add_parser("experiment", parents=parents,
-                       help="Icon² vs baseline pair sources and AlignEZ: DPO per source, judged on held-out "
-                            "instructions; results and cost tables")
-    p.add_argument("--config", default=None, metavar="TOML",
-                   help="experiment configuration (presets: configs/experiment-small.toml, "
-                        "configs/experiment-large.toml); default: every setting's default")
-    p.add_argument("--out", default="runs/experiment", help="experiment folder (resumed if it holds this configuration)")
+    p = sub.add_parser(
+        "experiment",
+        parents=parents,
+        help="Icon² vs baseline pair sources and AlignEZ: DPO per source, judged on held-out "
+        "instructions; results and cost tables",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="experiment configuration (presets: configs/experiment-small.toml, "
+        "configs/experiment-large.toml); default: every setting's default",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/experiment",
+        help="experiment folder (resumed if it holds this configuration)",
+    )
     add_run_options(p)
     return p
 
@@ -27,5 +39,10 @@ def run(args) -> Result:
     out = out_dir(args.out)
     t0 = time.perf_counter()
     result = run_experiment(cfg, out, progress=not args.no_progress, png=not args.no_png)
-    return Result(summary={"minutes": round((time.perf_counter() - t0) / 60, 1), "instructions": result["n"]},
-                  outputs={"report": str((Path(out) / "report.md").resolve()), "out": str(Path(out).resolve())})
+    return Result(
+        summary={"minutes": round((time.perf_counter() - t0) / 60, 1), "instructions": result["n"]},
+        outputs={
+            "report": str((Path(out) / "report.md").resolve()),
+            "out": str(Path(out).resolve()),
+        },
+    )

@@ -3,12 +3,13 @@
 import json
 from pathlib import Path
 
-from .._config import add_arguments, from_args
-from .._files import write_json
-from ..consistency.filter import read_kept
-from ..directions.extract import load_extraction
-from ..pairs.icon2 import PairConfig, generate_pairs
-from ..pairs.margins import pair_margins
+from icon2_lens._config import add_arguments, from_args
+from icon2_lens._files import write_json
+from icon2_lens.consistency.filter import read_kept
+from icon2_lens.directions.extract import load_extraction
+from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
+from icon2_lens.pairs.margins import pair_margins
+
 from ._common import Result, add_config_option, add_model, add_run_options, load, out_dir
 
 __all__ = ["register", "run", "CONFIG_CLASSES"]
@@ -17,12 +18,22 @@ CONFIG_CLASSES = (PairConfig,)
 
 
 def register(sub, parents):
-    p = sub.add_parser("pairs", parents=parents, help="steered chosen/rejected pairs for kept instructions (TRL format)")
+    p = sub.add_parser(
+        "pairs",
+        parents=parents,
+        help="steered chosen/rejected pairs for kept instructions (TRL format)",
+    )
     add_model(p)
     p.add_argument("--kept", required=True, help="kept.jsonl written by 'icon2-lens filter'")
-    p.add_argument("--directions", default="runs/extract", help="output directory of 'icon2-lens extract'")
+    p.add_argument(
+        "--directions", default="runs/extract", help="output directory of 'icon2-lens extract'"
+    )
     add_arguments(p, PairConfig)
-    p.add_argument("--out", default="runs/pairs", help="output directory (resumed if it holds pairs of these settings)")
+    p.add_argument(
+        "--out",
+        default="runs/pairs",
+        help="output directory (resumed if it holds pairs of these settings)",
+    )
     add_run_options(p, png=False)
     add_config_option(p, "pairs")
     return p
@@ -34,10 +45,17 @@ def run(args) -> Result:
     out = out_dir(args.out)
     model = load(args.model)
     sets, intervals = load_extraction(args.directions, model=model)
-    res = generate_pairs(model, kept, sets, config, intervals=intervals, out=out, progress=not args.no_progress)
+    res = generate_pairs(
+        model, kept, sets, config, intervals=intervals, out=out, progress=not args.no_progress
+    )
     margins = pair_margins(model, res.records, sets)
-    write_json({"counts": res.counts, "margins": margins, "config": config.settings()}, Path(out) / "summary.json")
+    write_json(
+        {"counts": res.counts, "margins": margins, "config": config.settings()},
+        Path(out) / "summary.json",
+    )
     shown = {k: v for k, v in margins.items() if k != "judge"}
-    return Result(json.dumps({"counts": res.counts, "margins": shown}, indent=2),
-                  {"pairs": res.counts["pairs"], "judge": margins.get("judge", "")},
-                  {"pairs": str((Path(out) / "pairs.jsonl").resolve()), "out": str(Path(out).resolve())})
+    return Result(
+        json.dumps({"counts": res.counts, "margins": shown}, indent=2),
+        {"pairs": res.counts["pairs"], "judge": margins.get("judge", "")},
+        {"pairs": str((Path(out) / "pairs.jsonl").resolve()), "out": str(Path(out).resolve())},
+    )

@@ -3,20 +3,30 @@
 import time
 from pathlib import Path
 
-from ..runs.config import RunConfig
-from ..runs.pipeline import STAGES, run_pipeline
+from icon2_lens.runs.config import RunConfig
+from icon2_lens.runs.pipeline import STAGES, run_pipeline
+
 from ._common import Result, add_run_options, out_dir
 
 __all__ = ["register", "run"]
 
 
 def register(sub, parents):
-    p = sub.add_parser("run", parents=parents,
-                       help="extract → synthesize → filter → pairs → dpo → evaluate, with a report")
-    p.add_argument("--config", default=None, metavar="TOML",
-                   help="run configuration (presets in configs/, e.g. configs/default.toml); default: every "
-                        "setting's default (see 'icon2-lens config show')")
-    p.add_argument("--out", default="runs/default", help="run folder (resumed if it holds this configuration)")
+    p = sub.add_parser(
+        "run",
+        parents=parents,
+        help="extract → synthesize → filter → pairs → dpo → evaluate, with a report",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="run configuration (presets in configs/, e.g. configs/default.toml); default: every "
+        "setting's default (see 'icon2-lens config show')",
+    )
+    p.add_argument(
+        "--out", default="runs/default", help="run folder (resumed if it holds this configuration)"
+    )
     p.add_argument("--stop-after", default=None, choices=list(STAGES), help="stop after this stage")
     add_run_options(p)
     return p
@@ -26,9 +36,18 @@ def run(args) -> Result:
     cfg = RunConfig.from_toml(args.config)
     out = out_dir(args.out)
     t0 = time.perf_counter()
-    summary = run_pipeline(cfg, out, progress=not args.no_progress, png=not args.no_png, stop_after=args.stop_after)
+    summary = run_pipeline(
+        cfg, out, progress=not args.no_progress, png=not args.no_png, stop_after=args.stop_after
+    )
     timings = summary.get("timings", {})
-    return Result(summary={"minutes": round((time.perf_counter() - t0) / 60, 1),
-                           "stage seconds": {k: round(v) for k, v in timings.items()},
-                           "intervals": summary.get("intervals", {})},
-                  outputs={"report": str((Path(out) / "report.md").resolve()), "out": str(Path(out).resolve())})
+    return Result(
+        summary={
+            "minutes": round((time.perf_counter() - t0) / 60, 1),
+            "stage seconds": {k: round(v) for k, v in timings.items()},
+            "intervals": summary.get("intervals", {}),
+        },
+        outputs={
+            "report": str((Path(out) / "report.md").resolve()),
+            "out": str(Path(out).resolve()),
+        },
+    )

@@ -7,45 +7,77 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._config import ConfigError, add_arguments, from_args
-from .._files import read_json, read_jsonl, write_json, write_jsonl
-from ..consistency.filter import KeptInstruction
-from ..consistency.scores import score_consistency
-from ..directions.extract import load_extraction
-from ..figures import write_figures_or_warn
-from ..instructions.builtin import load_instructions, read_instruction_file
-from ..pairs.sweep import SweepConfig, choose_setting, plot_sweep, run_sweep, summarize_sweep
+from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens._files import read_json, read_jsonl, write_json, write_jsonl
+from icon2_lens.consistency.filter import KeptInstruction
+from icon2_lens.consistency.scores import score_consistency
+from icon2_lens.directions.extract import load_extraction
+from icon2_lens.figures import write_figures_or_warn
+from icon2_lens.instructions.builtin import load_instructions, read_instruction_file
+from icon2_lens.pairs.sweep import (
+    SweepConfig,
+    choose_setting,
+    plot_sweep,
+    run_sweep,
+    summarize_sweep,
+)
+
 from ._common import Result, add_model, add_run_options, load, out_dir
 
 __all__ = ["register", "run"]
 
 
 def register(sub, parents):
-    p = sub.add_parser("sweep", parents=parents, help="sweep γ and layer intervals; pick a setting by the documented rule")
+    p = sub.add_parser(
+        "sweep",
+        parents=parents,
+        help="sweep γ and layer intervals; pick a setting by the documented rule",
+    )
     add_model(p)
-    p.add_argument("--directions", default="runs/extract", help="output directory of 'icon2-lens extract'")
-    p.add_argument("--instructions", default=None, help="instructions to sweep on (default: the built-in held-out split)")
+    p.add_argument(
+        "--directions", default="runs/extract", help="output directory of 'icon2-lens extract'"
+    )
+    p.add_argument(
+        "--instructions",
+        default=None,
+        help="instructions to sweep on (default: the built-in held-out split)",
+    )
     add_arguments(p, SweepConfig)
-    p.add_argument("--rechoose", action="store_true",
-                   help="re-apply the selection rule (this call's rule options) to the responses already in --out")
+    p.add_argument(
+        "--rechoose",
+        action="store_true",
+        help="re-apply the selection rule (this call's rule options) to the responses already in --out",
+    )
     p.add_argument("--out", default="runs/sweep", help="output directory")
     add_run_options(p)
     return p
 
 
 def _result(res, out: Path, *, png: bool) -> Result:
-    write_json({"by_gamma": res.by_gamma.to_dict(orient="records"), "pairs": res.pairs.to_dict(orient="records"),
-                "choice": res.choice, "rule": res.rule}, out / "sweep.json")
+    write_json(
+        {
+            "by_gamma": res.by_gamma.to_dict(orient="records"),
+            "pairs": res.pairs.to_dict(orient="records"),
+            "choice": res.choice,
+            "rule": res.rule,
+        },
+        out / "sweep.json",
+    )
     write_figures_or_warn({"sweep": plot_sweep(res)}, out, png=png)
-    return Result(res.by_gamma.to_string(index=False, float_format=lambda x: f"{x:.3f}"),
-                  {"choice": json.dumps(res.choice)}, {"out": str(out.resolve())})
+    return Result(
+        res.by_gamma.to_string(index=False, float_format=lambda x: f"{x:.3f}"),
+        {"choice": json.dumps(res.choice)},
+        {"out": str(out.resolve())},
+    )
 
 
 def _rechoose(args, out: Path) -> Result:
     path, meta = out / "responses.jsonl", out / "sweep.json"
     if not path.is_file() or not meta.is_file():
-        raise ConfigError(f"--rechoose needs an earlier sweep in {out} (responses.jsonl and sweep.json)",
-                          "run the sweep first, or point --out at its folder")
+        raise ConfigError(
+            f"--rechoose needs an earlier sweep in {out} (responses.jsonl and sweep.json)",
+            "run the sweep first, or point --out at its folder",
+        )
     responses = pd.DataFrame(read_jsonl(path))
     responses["gamma"] = responses["gamma"].astype(float)  # JSON writes 2.0 as 2
     res = summarize_sweep(responses)
@@ -65,9 +97,18 @@ def run(args) -> Result:
     config = from_args(SweepConfig, args)
     model = load(args.model)
     sets, _ = load_extraction(args.directions, model=model)
-    pool = read_instruction_file(args.instructions) if args.instructions else load_instructions("heldout")
+    pool = (
+        read_instruction_file(args.instructions)
+        if args.instructions
+        else load_instructions("heldout")
+    )
     if config.n_instructions < len(pool):
-        pool = [pool[i] for i in sorted(random.Random(config.seed).sample(range(len(pool)), config.n_instructions))]
+        pool = [
+            pool[i]
+            for i in sorted(
+                random.Random(config.seed).sample(range(len(pool)), config.n_instructions)
+            )
+        ]
     scores = score_consistency(model, pool, list(sets.values()), progress=False)
     items = [KeptInstruction(i, d, c) for i, (d, c) in enumerate(zip(pool, scores.best_criterion))]
     res = run_sweep(model, items, sets, config, progress=not args.no_progress)

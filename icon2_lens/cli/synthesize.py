@@ -2,8 +2,13 @@
 
 from pathlib import Path
 
-from .._config import ConfigError, add_arguments, from_args
-from ..instructions.synthesize import SynthesisConfig, synthesize_instructions, write_synthesis
+from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens.instructions.synthesize import (
+    SynthesisConfig,
+    synthesize_instructions,
+    write_synthesis,
+)
+
 from ._common import Result, add_config_option, add_model, add_run_options, load
 
 __all__ = ["register", "run", "CONFIG_CLASSES"]
@@ -12,10 +17,14 @@ CONFIG_CLASSES = (SynthesisConfig,)
 
 
 def register(sub, parents):
-    p = sub.add_parser("synthesize", parents=parents, help="Magpie-style self-synthesis of instructions, then cleaning",
-                       description="Feed the chat template up to the user's turn, sample what the model writes "
-                                   "there, clean it. Raw samples go to <out>.raw.jsonl (resumable), the counts per "
-                                   "cleaning step to <out>.report.json.")
+    p = sub.add_parser(
+        "synthesize",
+        parents=parents,
+        help="Magpie-style self-synthesis of instructions, then cleaning",
+        description="Feed the chat template up to the user's turn, sample what the model writes "
+        "there, clean it. Raw samples go to <out>.raw.jsonl (resumable), the counts per "
+        "cleaning step to <out>.report.json.",
+    )
     add_model(p)
     add_arguments(p, SynthesisConfig)
     p.add_argument("--out", default="runs/instructions.jsonl", help="cleaned instructions (.jsonl)")
@@ -27,12 +36,23 @@ def register(sub, parents):
 def run(args) -> Result:
     out = Path(args.out)
     if out.suffix != ".jsonl":
-        raise ConfigError(f"--out must be a .jsonl file, got {out}", "name the output e.g. runs/instructions.jsonl")
+        raise ConfigError(
+            f"--out must be a .jsonl file, got {out}",
+            "name the output e.g. runs/instructions.jsonl",
+        )
     config = from_args(SynthesisConfig, args)
     model = load(args.model)
     raw_path, report_path = out.with_suffix(".raw.jsonl"), out.with_suffix(".report.json")
-    raw, report = synthesize_instructions(model, config, raw_path=raw_path, progress=not args.no_progress)
+    raw, report = synthesize_instructions(
+        model, config, raw_path=raw_path, progress=not args.no_progress
+    )
     write_synthesis(report, config, len(raw), instructions=out, summary=report_path)
-    return Result(report.summary(), {"raw samples": len(raw), "instructions": len(report.kept)},
-                  {"out": str(out.resolve()), "raw samples": str(raw_path.resolve()),
-                   "report": str(report_path.resolve())})
+    return Result(
+        report.summary(),
+        {"raw samples": len(raw), "instructions": len(report.kept)},
+        {
+            "out": str(out.resolve()),
+            "raw samples": str(raw_path.resolve()),
+            "report": str(report_path.resolve()),
+        },
+    )

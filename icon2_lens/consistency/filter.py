@@ -26,15 +26,25 @@ from typing import Literal
 
 import pandas as pd
 
-from .._config import documented, option
-from .._files import read_jsonl, read_marker, write_json, write_jsonl, write_text
-from .._types import LensModel
-from ..directions.set import DirectionSet
-from ..figures import write_figures_or_warn
+from icon2_lens._config import documented, option
+from icon2_lens._files import read_jsonl, read_marker, write_json, write_jsonl, write_text
+from icon2_lens._types import LensModel
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.figures import write_figures_or_warn
+
 from .plot import plot_consistency
 from .scores import score_consistency, score_summary
 
-__all__ = ["KeptInstruction", "FilterConfig", "run_filter", "read_kept", "write_kept", "markdown_table", "MARKER", "KEPT_FILE"]
+__all__ = [
+    "KeptInstruction",
+    "FilterConfig",
+    "run_filter",
+    "read_kept",
+    "write_kept",
+    "markdown_table",
+    "MARKER",
+    "KEPT_FILE",
+]
 
 MARKER = "filter.json"
 KEPT_FILE = "kept.jsonl"
@@ -63,14 +73,23 @@ class FilterConfig:
     """How instructions are scored by inherent consistency and which are kept."""
 
     scoring: Literal["dot", "cosine", "zscore"] = option(
-        "dot", help="dot: Icon² Eq. 2-3; cosine: divided by the residual norm; zscore: per criterion and layer")
+        "dot",
+        help="dot: Icon² Eq. 2-3; cosine: divided by the residual norm; zscore: per criterion and layer",
+    )
     layers: Literal["all", "control"] = option(
-        "all", help="average over all layers (Icon²) or over each criterion's control interval")
+        "all", help="average over all layers (Icon²) or over each criterion's control interval"
+    )
     fraction: float = option(0.1, help="keep this top fraction (Icon² keeps ≈ 10 %)")
-    threshold: float | None = option(None, help="keep every instruction scoring at least this, instead of fraction")
-    wrap: Literal["chat", "raw"] = option("chat", help="instruction as scored: in the chat template, or the bare text")
+    threshold: float | None = option(
+        None, help="keep every instruction scoring at least this, instead of fraction"
+    )
+    wrap: Literal["chat", "raw"] = option(
+        "chat", help="instruction as scored: in the chat template, or the bare text"
+    )
     batch_size: int = option(16, help="prompts per forward pass")
-    backend: Literal["fast", "bridge"] = option("fast", help="how residuals are read; equal up to float rounding")
+    backend: Literal["fast", "bridge"] = option(
+        "fast", help="how residuals are read; equal up to float rounding"
+    )
 
     def __post_init__(self) -> None:
         if self.threshold is None and not 0 < self.fraction <= 1:
@@ -103,8 +122,18 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def write_kept(kept: Sequence[KeptInstruction], path: str | Path) -> None:
     """Write kept instructions as JSONL (``index``, ``instruction``, ``criterion``, ``consistency``)."""
-    write_jsonl(path, [{"index": k.index, "instruction": k.instruction, "criterion": k.criterion,
-                        "consistency": k.consistency} for k in kept])
+    write_jsonl(
+        path,
+        [
+            {
+                "index": k.index,
+                "instruction": k.instruction,
+                "criterion": k.criterion,
+                "consistency": k.consistency,
+            }
+            for k in kept
+        ],
+    )
 
 
 def read_kept(path: str | Path) -> list[KeptInstruction]:
@@ -115,16 +144,26 @@ def read_kept(path: str | Path) -> list[KeptInstruction]:
     """
     rows = read_jsonl(Path(path))
     if not rows:
-        raise ValueError(f"{path} holds no kept instructions (or does not exist); pass the kept.jsonl that "
-                         "'icon2-lens filter' wrote")
+        raise ValueError(
+            f"{path} holds no kept instructions (or does not exist); pass the kept.jsonl that "
+            "'icon2-lens filter' wrote"
+        )
     out = []
     for n, r in enumerate(rows, start=1):
         try:
             consistency = r.get("consistency")
-            out.append(KeptInstruction(int(r["index"]), str(r["instruction"]), str(r["criterion"]),
-                                       float("nan") if consistency is None else float(consistency)))
+            out.append(
+                KeptInstruction(
+                    int(r["index"]),
+                    str(r["instruction"]),
+                    str(r["criterion"]),
+                    float("nan") if consistency is None else float(consistency),
+                )
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{n}: expected 'index', 'instruction' and 'criterion' ({e})") from e
+            raise ValueError(
+                f"{path}:{n}: expected 'index', 'instruction' and 'criterion' ({e})"
+            ) from e
     return out
 
 
@@ -146,9 +185,18 @@ def run_filter(
     out = Path(out)
     if read_marker(out / MARKER) is not None:
         return read_kept(out / KEPT_FILE)
-    scores = score_consistency(model, instructions, list(direction_sets.values()), scoring=config.scoring,
-                               layers=config.layers, control_layers=intervals, wrap=config.wrap,
-                               batch_size=config.batch_size, progress=progress, backend=config.backend)
+    scores = score_consistency(
+        model,
+        instructions,
+        list(direction_sets.values()),
+        scoring=config.scoring,
+        layers=config.layers,
+        control_layers=intervals,
+        wrap=config.wrap,
+        batch_size=config.batch_size,
+        progress=progress,
+        backend=config.backend,
+    )
     sel = scores.select(fraction=config.fraction, threshold=config.threshold)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "scores.jsonl", scores.table(sel).to_dict(orient="records"))
@@ -156,8 +204,14 @@ def run_filter(
     kept = [KeptInstruction(i, instructions[i], crit[i], float(scores.best[i])) for i in sel.kept]
     write_kept(kept, out / KEPT_FILE)
     top, bottom = scores.examples(5)
-    write_text(out / "examples.md", "### Most consistent\n\n" + markdown_table(top) + "\n\n### Least consistent\n\n"
-               + markdown_table(bottom) + "\n")
+    write_text(
+        out / "examples.md",
+        "### Most consistent\n\n"
+        + markdown_table(top)
+        + "\n\n### Least consistent\n\n"
+        + markdown_table(bottom)
+        + "\n",
+    )
     write_figures_or_warn({"consistency": plot_consistency(scores, sel)}, out, png=png)
     write_json({"settings": scores.settings, "summary": score_summary(scores, sel)}, out / MARKER)
     return kept

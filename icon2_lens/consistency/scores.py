@@ -47,10 +47,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._types import LensModel
-from ..model.chat import render_chat
-from ..model.collect import collect_resid
-from ..directions.set import DirectionSet
+from icon2_lens._types import LensModel
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.collect import collect_resid
+from icon2_lens.model.load import check_fits
 
 __all__ = [
     "ConsistencyScores",
@@ -176,12 +177,16 @@ def _layers_for(
                 )
             chosen = list(control[ds.criterion])
         else:
-            raise ValueError(f"unknown layers {layers!r}; use one of {', '.join(LAYER_MODES)} or a list")
+            raise ValueError(
+                f"unknown layers {layers!r}; use one of {', '.join(LAYER_MODES)} or a list"
+            )
     else:
         chosen = list(layers)
     missing = [layer for layer in chosen if layer not in ds.layers]
     if missing or not chosen:
-        raise ValueError(f"layers {missing or chosen} are not in the {ds.criterion!r} direction set")
+        raise ValueError(
+            f"layers {missing or chosen} are not in the {ds.criterion!r} direction set"
+        )
     return chosen
 
 
@@ -225,8 +230,11 @@ def scores_from_activations(
             dots = (dots - dots.mean(dim=0)) / sd
         columns.append(dots.mean(dim=1))
     scores = torch.stack(columns, dim=1).to(torch.float32)
-    settings = {"scoring": scoring, "layers": layers if isinstance(layers, str) else list(layers),
-                "layers_used": used}
+    settings = {
+        "scoring": scoring,
+        "layers": layers if isinstance(layers, str) else list(layers),
+        "layers_used": used,
+    }
     return ConsistencyScores(list(instructions), names, scores, settings)
 
 
@@ -266,17 +274,38 @@ def score_consistency(
     if len(sites) != 1:
         raise ValueError(f"direction sets read at different sites {sorted(sites)}; use one site")
     for ds in direction_sets:
-        if ds.d_model != model.cfg.d_model or max(ds.layers) >= model.cfg.n_layers:
-            raise ValueError(
-                f"the {ds.criterion!r} directions (width {ds.d_model}, layers up to {max(ds.layers)}) do not fit "
-                f"this model (d_model {model.cfg.d_model}, {model.cfg.n_layers} layers): they come from another model"
-            )
-    need = sorted({layer for ds in direction_sets for layer in _layers_for(ds, layers, control_layers)})
+        check_fits(
+            model,
+            what=f"the {ds.criterion!r} direction set",
+            d_model=ds.d_model,
+            layers=ds.layers,
+            origin=ds.meta.get("model_name"),
+            check_fingerprint=False,
+            fix="extract directions for this model with 'icon2-lens extract'",
+        )
+    need = sorted(
+        {layer for ds in direction_sets for layer in _layers_for(ds, layers, control_layers)}
+    )
     texts = wrap_instructions(model.tokenizer, instructions, wrap)
-    acts = collect_resid(model, texts, layers=need, site=sites.pop(), batch_size=batch_size,
-                         progress=progress, desc="consistency", backend=backend)
-    res = scores_from_activations(acts, need, direction_sets, instructions=instructions, scoring=scoring,
-                                  layers=layers, control_layers=control_layers)
+    acts = collect_resid(
+        model,
+        texts,
+        layers=need,
+        site=sites.pop(),
+        batch_size=batch_size,
+        progress=progress,
+        desc="consistency",
+        backend=backend,
+    )
+    res = scores_from_activations(
+        acts,
+        need,
+        direction_sets,
+        instructions=instructions,
+        scoring=scoring,
+        layers=layers,
+        control_layers=control_layers,
+    )
     res.settings["wrap"] = wrap
     res.settings["site"] = direction_sets[0].site
     return res

@@ -40,7 +40,9 @@ class Criterion:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"criterion field {field!r} must be a non-empty string")
         if self.positive.strip() == self.negative.strip():
-            raise ValueError(f"criterion {self.name!r}: positive and negative prompts are identical")
+            raise ValueError(
+                f"criterion {self.name!r}: positive and negative prompts are identical"
+            )
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(
                 f"criterion name {self.name!r} must use letters, digits, '-' or '_' only "
@@ -124,8 +126,10 @@ def load_criteria_file(path: str | Path) -> list[Criterion]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"criteria file {str(path)!r} does not exist; check the path (a .toml or .json file of "
-                         "[[criteria]] with name, positive, negative)")
+        raise ValueError(
+            f"criteria file {str(path)!r} does not exist; check the path (a .toml or .json file of "
+            "[[criteria]] with name, positive, negative)"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":

@@ -60,7 +60,7 @@ def layer_table(
     p_ho, n_ho = ds.project(pos_heldout), ds.project(neg_heldout)
     mid = (p_tr.mean(0) + n_tr.mean(0)) / 2
     paired = ((p_ho - n_ho) > 0).float().mean(0)
-    single = (((p_ho > mid).float().sum(0) + (n_ho < mid).float().sum(0)) / (2 * p_ho.shape[0]))
+    single = ((p_ho > mid).float().sum(0) + (n_ho < mid).float().sum(0)) / (2 * p_ho.shape[0])
     gap = p_ho.mean(0) - n_ho.mean(0)
     if p_ho.shape[0] > 1:
         pooled = torch.sqrt((p_ho.var(0) + n_ho.var(0)) / 2)
@@ -92,7 +92,11 @@ def layer_table(
 
 
 def recommend_interval(
-    table: pd.DataFrame, n_layers: int, *, width: int | None = None, score: str = "heldout_single_acc"
+    table: pd.DataFrame,
+    n_layers: int,
+    *,
+    width: int | None = None,
+    score: str = "heldout_single_acc",
 ) -> tuple[int, int]:
     """Pick a contiguous layer interval ``(first, last)`` by the rule in the module docstring.
 
@@ -148,6 +152,12 @@ def criterion_cosines(sets: Sequence[DirectionSet]) -> pd.DataFrame:
         for a in sets:
             for b in sets:
                 cos = torch.nn.functional.cosine_similarity(a[layer], b[layer], dim=0)
-                rows.append({"layer": layer, "criterion_a": a.criterion, "criterion_b": b.criterion,
-                             "cosine": float(cos)})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "criterion_a": a.criterion,
+                        "criterion_b": b.criterion,
+                        "cosine": float(cos),
+                    }
+                )
     return pd.DataFrame(rows)

@@ -28,15 +28,16 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from .._config import documented, option
-from .._files import read_json, write_json
-from .._types import SITES, LayerActs, LensModel
-from ..figures import write_figures_or_warn
-from ..instructions.builtin import load_instructions
-from ..model.chat import render_chat, require_chat_template
-from ..model.collect import collect_resid
-from ..model.hooks import check_site, normalize_layers
-from ..model.load import model_fingerprint, package_versions
+from icon2_lens._config import documented, option
+from icon2_lens._files import read_json, write_json
+from icon2_lens._types import SITES, LayerActs, LensModel
+from icon2_lens.figures import write_figures_or_warn
+from icon2_lens.instructions.builtin import load_instructions
+from icon2_lens.model.chat import render_chat, require_chat_template
+from icon2_lens.model.collect import collect_resid
+from icon2_lens.model.hooks import check_site, normalize_layers
+from icon2_lens.model.load import model_fingerprint, package_versions
+
 from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria
 from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
 from .fit import METHODS, fit_directions
@@ -76,19 +77,35 @@ class ExtractConfig:
     the batch size, the backend does not block reusing a finished criterion.
     """
 
-    criteria: tuple[str, ...] = option(tuple(BUILTIN_CRITERIA), help="built-in criteria to extract, comma-separated "
-                                       "(ignored when criteria are passed explicitly, e.g. from --criteria-file)")
-    method: str = option("pca_symmetric", choices=METHODS, help="pca: centred PCA (Icon²'s literal PCA); pca_symmetric: uncentred SVD "
-                                               "of [Δ;−Δ]; mean_diff: the normalised mean contrast")
-    center: bool = option(True, help="centre the contrasts before PCA (method pca only; --no-center: uncentred PCA)")
+    criteria: tuple[str, ...] = option(
+        tuple(BUILTIN_CRITERIA),
+        help="built-in criteria to extract, comma-separated "
+        "(ignored when criteria are passed explicitly, e.g. from --criteria-file)",
+    )
+    method: str = option(
+        "pca_symmetric",
+        choices=METHODS,
+        help="pca: centred PCA (Icon²'s literal PCA); pca_symmetric: uncentred SVD "
+        "of [Δ;−Δ]; mean_diff: the normalised mean contrast",
+    )
+    center: bool = option(
+        True, help="centre the contrasts before PCA (method pca only; --no-center: uncentred PCA)"
+    )
     site: str = option("resid_post", choices=SITES, help="residual site read")
-    layers: tuple[int, ...] | None = option(None, layers="all", help="layers to extract (negatives count from the end)")
-    n_instructions: int = option(256, help="training instructions (the first n of a seeded sample, in their order)")
+    layers: tuple[int, ...] | None = option(
+        None, layers="all", help="layers to extract (negatives count from the end)"
+    )
+    n_instructions: int = option(
+        256, help="training instructions (the first n of a seeded sample, in their order)"
+    )
     n_heldout: int = option(96, help="held-out instructions for the diagnostics")
     batch_size: int = option(16, help="prompts per forward pass")
     seed: int = option(0, help="seed of the instruction sample")
-    backend: str = option("fast", choices=("fast", "bridge"), help="how residuals are read (see above); equal up to float "
-                                                           "rounding")
+    backend: str = option(
+        "fast",
+        choices=("fast", "bridge"),
+        help="how residuals are read (see above); equal up to float rounding",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))
@@ -193,13 +210,24 @@ def contrast_activations(
     out = []
     for system in (criterion.positive, criterion.negative):
         texts = [render_chat(model.tokenizer, d, system=system) for d in instructions]
-        out.append(collect_resid(model, texts, layers=layers, site=site, batch_size=batch_size,
-                                 progress=progress, desc=f"{criterion.name}: caching", backend=backend))
+        out.append(
+            collect_resid(
+                model,
+                texts,
+                layers=layers,
+                site=site,
+                batch_size=batch_size,
+                progress=progress,
+                desc=f"{criterion.name}: caching",
+                backend=backend,
+            )
+        )
     return out[0], out[1]
 
 
-def _select_instructions(config: ExtractConfig, train: Sequence[str] | None,
-                         heldout: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def _select_instructions(
+    config: ExtractConfig, train: Sequence[str] | None, heldout: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
     train = list(train) if train is not None else load_instructions("train")
     heldout = list(heldout) if heldout is not None else load_instructions("heldout")
     if not train:
@@ -209,8 +237,12 @@ def _select_instructions(config: ExtractConfig, train: Sequence[str] | None,
 
     def sample(items: list[str], n: int, salt: int) -> list[str]:
         if n > len(items):
-            logger.warning("asked for %d instructions but only %d are available; using all %d",
-                           n, len(items), len(items))
+            logger.warning(
+                "asked for %d instructions but only %d are available; using all %d",
+                n,
+                len(items),
+                len(items),
+            )
         if n >= len(items):
             return items
         keep = sorted(random.Random(config.seed * 1_000_003 + salt).sample(range(len(items)), n))
@@ -241,8 +273,13 @@ def extract_criterion(
     config = config or ExtractConfig()
     train_i, held_i = _select_instructions(config, train, heldout)
     layers = normalize_layers(config.layers, model.cfg.n_layers)
-    kw = dict(layers=layers, site=config.site, batch_size=config.batch_size, progress=progress,
-              backend=config.backend)
+    kw = dict(
+        layers=layers,
+        site=config.site,
+        batch_size=config.batch_size,
+        progress=progress,
+        backend=config.backend,
+    )
     pos, neg = contrast_activations(model, criterion, train_i, **kw)
     pos_h, neg_h = contrast_activations(model, criterion, held_i, **kw)
     vectors, stats = fit_directions(pos, neg, config.method, center=config.center)
@@ -258,25 +295,40 @@ def extract_criterion(
         "seed": config.seed,
         "versions": package_versions(),
     }
-    ds = DirectionSet(criterion=criterion.name, layers=tuple(layers), vectors=vectors, site=config.site,
-                      method=config.method, stats=tuple(stats), meta=meta)
+    ds = DirectionSet(
+        criterion=criterion.name,
+        layers=tuple(layers),
+        vectors=vectors,
+        site=config.site,
+        method=config.method,
+        stats=tuple(stats),
+        meta=meta,
+    )
     table = layer_table(ds, pos, neg, pos_h, neg_h)
     interval = recommend_interval(table, model.cfg.n_layers)
     return CriterionResult(ds, table, interval, ContrastActivations(pos, neg, pos_h, neg_h))
 
 
-_SETTINGS_KEYS = ("model_fingerprint", "extract_config", "instructions_sha256", "heldout_sha256",
-                  "criterion_prompts")
+_SETTINGS_KEYS = (
+    "model_fingerprint",
+    "extract_config",
+    "instructions_sha256",
+    "heldout_sha256",
+    "criterion_prompts",
+)
 
 
-def _settings(model, criterion: Criterion, config: ExtractConfig, train_i: list[str],
-              held_i: list[str]) -> dict[str, Any]:
+def _settings(
+    model, criterion: Criterion, config: ExtractConfig, train_i: list[str], held_i: list[str]
+) -> dict[str, Any]:
     """The recorded settings that decide whether a finished criterion can be reused."""
     return {
         "model_fingerprint": model_fingerprint(model),
         # which other criteria a run extracts does not change this one's directions
-        "extract_config": {**{k: v for k, v in asdict(config).items() if k != "criteria"},
-                           "layers": normalize_layers(config.layers, model.cfg.n_layers)},
+        "extract_config": {
+            **{k: v for k, v in asdict(config).items() if k != "criteria"},
+            "layers": normalize_layers(config.layers, model.cfg.n_layers),
+        },
         "instructions_sha256": _digest(train_i),
         "heldout_sha256": _digest(held_i),
         "criterion_prompts": criterion.to_dict(),
@@ -319,11 +371,14 @@ def run_extraction(
     for criterion in criteria:
         done = out_dir / criterion.name if out_dir is not None else None
         if done is not None and (done / "diagnostics.json").is_file():
-            result.results[criterion.name] = _load_finished(model, criterion, done, config, train, heldout)
+            result.results[criterion.name] = _load_finished(
+                model, criterion, done, config, train, heldout
+            )
             logger.info("%s: already extracted in %s, reusing", criterion.name, done)
             continue
-        res = extract_criterion(model, criterion, config=config, train=train, heldout=heldout,
-                                progress=progress)
+        res = extract_criterion(
+            model, criterion, config=config, train=train, heldout=heldout, progress=progress
+        )
         result.results[criterion.name] = res
         if done is not None:
             _write_criterion(res, done, figures=figures, png=png)
@@ -366,21 +421,37 @@ def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bo
         acts = res.activations
         lo, hi = res.interval
         layer = res.summary()["best_layer"]
-        figs = {f"{res.directions.criterion}_layer_selection": plot_layer_selection(res.table, res.interval)}
+        figs = {
+            f"{res.directions.criterion}_layer_selection": plot_layer_selection(
+                res.table, res.interval
+            )
+        }
         if acts is not None:
             mid = (lo + hi) // 2
             figs[f"{res.directions.criterion}_scatter_layer{mid}"] = plot_scatter(res, layer=mid)
-            figs[f"{res.directions.criterion}_projections_layer{layer}"] = plot_projection_hist(res, layer=layer)
+            figs[f"{res.directions.criterion}_projections_layer{layer}"] = plot_projection_hist(
+                res, layer=layer
+            )
         write_figures_or_warn(figs, done.parent / "figures", png=png)
     # Written last: its presence marks the criterion as finished.
     cos = layer_cosines(res.directions)
-    write_json({"interval": list(res.interval), "summary": res.summary(),
-                "layers": res.table.to_dict(orient="records"),
-                "layer_cosines": {"layers": list(res.directions.layers), "matrix": cos.values.round(6).tolist()}},
-               done / "diagnostics.json")
+    write_json(
+        {
+            "interval": list(res.interval),
+            "summary": res.summary(),
+            "layers": res.table.to_dict(orient="records"),
+            "layer_cosines": {
+                "layers": list(res.directions.layers),
+                "matrix": cos.values.round(6).tolist(),
+            },
+        },
+        done / "diagnostics.json",
+    )
 
 
-def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True) -> None:
+def write_outputs(
+    result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True
+) -> None:
     """Write the cross-criterion files: ``diagnostics.json`` and the cosine heatmaps."""
     cos = result.criterion_cosines()
     write_json(
@@ -390,7 +461,7 @@ def write_outputs(result: ExtractionResult, out_dir: Path, *, figures: bool = Tr
             "layers": result.table().to_dict(orient="records"),
             "criterion_cosines": cos.to_dict(orient="records"),
             "interval_rule": "width round(n_layers/3), layers 1..n-2, max mean heldout_single_acc, "
-                             "ties (within 0.005) to the window closest to the middle",
+            "ties (within 0.005) to the window closest to the middle",
         },
         out_dir / "diagnostics.json",
     )
@@ -417,7 +488,9 @@ def load_extraction(
     """
     root = Path(path)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a directory: pass the output directory of 'icon2-lens extract'")
+        raise ValueError(
+            f"{root} is not a directory: pass the output directory of 'icon2-lens extract'"
+        )
     found = sorted(p.parent.name for p in root.glob("*/diagnostics.json"))
     names = list(criteria) if criteria else found
     missing = [c for c in names if c not in found]

@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._types import Direction, LayerActs
+from icon2_lens._types import Direction, LayerActs
 
 __all__ = [
     "METHODS",
@@ -82,7 +82,9 @@ def fit_direction(
     """
     check_method(method)
     if diffs.ndim != 2 or diffs.shape[0] == 0:
-        raise ValueError(f"need a non-empty [n, d_model] tensor of contrasts, got {tuple(diffs.shape)}")
+        raise ValueError(
+            f"need a non-empty [n, d_model] tensor of contrasts, got {tuple(diffs.shape)}"
+        )
     x = diffs.detach().to(torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError("contrast vectors contain NaN or infinite values")
@@ -94,7 +96,9 @@ def fit_direction(
     centred = method == "pca" and center
     if centred:
         if x.shape[0] < 2:
-            raise ValueError("centred PCA needs at least 2 contrasts; use method='mean_diff' or center=False")
+            raise ValueError(
+                "centred PCA needs at least 2 contrasts; use method='mean_diff' or center=False"
+            )
         x = x - x.mean(dim=0, keepdim=True)
     total = float((x**2).sum())
     if method == "mean_diff":
@@ -130,9 +134,13 @@ def fit_directions(
         steering strengths).
     """
     if pos.shape != neg.shape:
-        raise ValueError(f"positive and negative activations differ in shape: {tuple(pos.shape)} vs {tuple(neg.shape)}")
+        raise ValueError(
+            f"positive and negative activations differ in shape: {tuple(pos.shape)} vs {tuple(neg.shape)}"
+        )
     if pos.ndim != 3 or pos.shape[0] == 0:
-        raise ValueError(f"expected non-empty [n, layer, d_model] activations, got {tuple(pos.shape)}")
+        raise ValueError(
+            f"expected non-empty [n, layer, d_model] activations, got {tuple(pos.shape)}"
+        )
     diffs = pos - neg
     rows, stats = [], []
     for j in range(pos.shape[1]):

@@ -27,10 +27,11 @@ from jaxtyping import Float
 from safetensors import safe_open
 from torch import Tensor
 
-from .._files import read_saved_config, safetensors_bytes, write_json
-from .._types import Direction, LayerActs
-from ..model.hooks import resid_hook_name
-from ..model.load import check_fits
+from icon2_lens._files import read_saved_config, safetensors_bytes, write_json
+from icon2_lens._types import Direction, LayerActs
+from icon2_lens.model.hooks import resid_hook_name
+from icon2_lens.model.load import check_fits
+
 from .fit import SIGN_CONVENTION, check_method
 
 __all__ = [
@@ -155,7 +156,9 @@ class DirectionSet:
         return save_direction_set(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, *, model: Any = None, check_fingerprint: bool = True) -> "DirectionSet":
+    def load(
+        cls, path: str | Path, *, model: Any = None, check_fingerprint: bool = True
+    ) -> "DirectionSet":
         """Read a saved set; with ``model``, check it was extracted from that model."""
         return load_direction_set(path, model=model, check_fingerprint=check_fingerprint)
 
@@ -164,8 +167,10 @@ def save_direction_set(ds: DirectionSet, path: str | Path) -> Path:
     """Write ``ds`` into directory ``path`` (created if needed) and return the directory."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {name: ds.vectors[i].detach().to("cpu", torch.float32).contiguous().clone()
-               for i, name in enumerate(ds.hook_names)}
+    tensors = {
+        name: ds.vectors[i].detach().to("cpu", torch.float32).contiguous().clone()
+        for i, name in enumerate(ds.hook_names)
+    }
     header = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -211,11 +216,19 @@ def load_direction_set(
             extracted from another model or width.
     """
     cfg_path, weights_path, cfg = read_saved_config(
-        path, cfg_file=CFG_FILE, weights_file=WEIGHTS_FILE, fmt=FORMAT, version=FORMAT_VERSION,
-        what="direction set", fix="Re-extract the directions with this version.")
+        path,
+        cfg_file=CFG_FILE,
+        weights_file=WEIGHTS_FILE,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        what="direction set",
+        fix="Re-extract the directions with this version.",
+    )
     missing = [k for k in ("site", "layers", "criterion", "method", "d_model") if k not in cfg]
     if missing:
-        raise ValueError(f"{cfg_path} lacks {', '.join(missing)}; the file is incomplete or damaged")
+        raise ValueError(
+            f"{cfg_path} lacks {', '.join(missing)}; the file is incomplete or damaged"
+        )
     site, layers = cfg["site"], [int(x) for x in cfg["layers"]]
     names = [resid_hook_name(layer, site) for layer in layers]
     try:
@@ -223,7 +236,9 @@ def load_direction_set(
             keys = set(f.keys())
             header = f.metadata() or {}
             if keys != set(names):
-                raise ValueError(f"{weights_path} holds {sorted(keys)} but {CFG_FILE} lists {names}")
+                raise ValueError(
+                    f"{weights_path} holds {sorted(keys)} but {CFG_FILE} lists {names}"
+                )
             vectors = torch.stack([f.get_tensor(n).to(torch.float32) for n in names])
     except ValueError:
         raise
@@ -236,26 +251,56 @@ def load_direction_set(
                 "the two files come from different direction sets"
             )
     if vectors.shape[1] != cfg["d_model"]:
-        raise ValueError(f"{weights_path}: vectors have width {vectors.shape[1]}, cfg says {cfg['d_model']}")
+        raise ValueError(
+            f"{weights_path}: vectors have width {vectors.shape[1]}, cfg says {cfg['d_model']}"
+        )
     per_layer = cfg.get("per_layer", {})
     stats = tuple(per_layer[n] for n in names) if per_layer else ()
-    skip = {"format", "format_version", "criterion", "site", "method", "layers", "hook_names",
-            "d_model", "normalized", "sign_convention", "per_layer"}
+    skip = {
+        "format",
+        "format_version",
+        "criterion",
+        "site",
+        "method",
+        "layers",
+        "hook_names",
+        "d_model",
+        "normalized",
+        "sign_convention",
+        "per_layer",
+    }
     meta = {k: v for k, v in cfg.items() if k not in skip}
-    ds = DirectionSet(criterion=cfg["criterion"], layers=tuple(layers), vectors=vectors, site=site,
-                      method=cfg["method"], stats=stats, meta=meta)
+    ds = DirectionSet(
+        criterion=cfg["criterion"],
+        layers=tuple(layers),
+        vectors=vectors,
+        site=site,
+        method=cfg["method"],
+        stats=stats,
+        meta=meta,
+    )
     if model is not None:
-        check_compatible(ds, model, check_fingerprint=check_fingerprint, source=str(cfg_path.parent))
+        check_compatible(
+            ds, model, check_fingerprint=check_fingerprint, source=str(cfg_path.parent)
+        )
     return ds
 
 
-def check_compatible(ds: DirectionSet, model: Any, *, check_fingerprint: bool = True, source: str = "") -> None:
+def check_compatible(
+    ds: DirectionSet, model: Any, *, check_fingerprint: bool = True, source: str = ""
+) -> None:
     """Raise a ``ValueError`` unless ``ds`` can be used with ``model`` (see :func:`~icon2_lens.model.load.check_fits`)."""
     where = f" ({source})" if source else ""
-    check_fits(model, what=f"direction set{where}", d_model=ds.d_model, layers=ds.layers,
-               origin=ds.meta.get("model_name"), fingerprint=ds.meta.get("model_fingerprint"),
-               check_fingerprint=check_fingerprint,
-               fix="extract directions for this model with 'icon2-lens extract'")
+    check_fits(
+        model,
+        what=f"direction set{where}",
+        d_model=ds.d_model,
+        layers=ds.layers,
+        origin=ds.meta.get("model_name"),
+        fingerprint=ds.meta.get("model_fingerprint"),
+        check_fingerprint=check_fingerprint,
+        fix="extract directions for this model with 'icon2-lens extract'",
+    )
 
 
 def direction_set_id(ds: DirectionSet) -> str:

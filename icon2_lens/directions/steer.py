@@ -44,9 +44,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._types import LensModel
-from ..model.hooks import POSITIONS, RowSelection, as_tl_hook, edit_start, validate_hook_names
-from ..model.load import check_fits
+from icon2_lens._types import LensModel
+from icon2_lens.model.hooks import (
+    POSITIONS,
+    RowSelection,
+    as_tl_hook,
+    edit_start,
+    validate_hook_names,
+)
+from icon2_lens.model.load import check_fits
+
 from .set import DirectionSet
 
 __all__ = [
@@ -147,22 +154,36 @@ class SteeringSpec:
             KeyError: A hook name the model does not have.
         """
         ds = self.directions
-        check_fits(model, what=f"the {ds.criterion!r} direction set", d_model=ds.d_model, layers=ds.layers,
-                   origin=ds.meta.get("model_name"), check_fingerprint=False,
-                   fix="extract directions for this model with 'icon2-lens extract'")
+        check_fits(
+            model,
+            what=f"the {ds.criterion!r} direction set",
+            d_model=ds.d_model,
+            layers=ds.layers,
+            origin=ds.meta.get("model_name"),
+            check_fingerprint=False,
+            fix="extract directions for this model with 'icon2-lens extract'",
+        )
         validate_hook_names(model, self.hook_names)
         n = len(self._gammas())
         if n_rows is not None and n not in (1, n_rows):
             raise ValueError(f"{n} per-row gammas for {n_rows} rows: pass one gamma per row")
 
     def bind(
-        self, rows: RowSelection | None, row_ids: Sequence[int], prompt_len: int  # noqa: ARG002
+        self,
+        rows: RowSelection | None,
+        row_ids: Sequence[int],
+        prompt_len: int,  # noqa: ARG002
     ) -> list[tuple[str, "SteeringAdder"]]:
         """One adder per steered hook point for one batch (per-row γ follows ``rows`` as rows finish)."""
         spec = replace(self, prompt_len=prompt_len) if self.positions == "generated" else self
         gamma = spec.gamma_tensor()
-        return [(name, SteeringAdder(delta.view(1, 1, -1), gamma, spec.positions, spec.prompt_len, rows))
-                for name, delta in spec.vectors().items()]
+        return [
+            (
+                name,
+                SteeringAdder(delta.view(1, 1, -1), gamma, spec.positions, spec.prompt_len, rows),
+            )
+            for name, delta in spec.vectors().items()
+        ]
 
 
 class SteeringAdder:

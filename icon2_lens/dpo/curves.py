@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .._config import documented, option
-from ..figures import PALETTE, plotly_go
+from icon2_lens._config import documented, option
+from icon2_lens.figures import PALETTE, plotly_go
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -45,9 +45,14 @@ class SaturationRule:
     """
 
     threshold: float = option(0.97, help="reward accuracy counted as saturated")
-    window: int = option(3, help="logged steps averaged before comparing with the threshold (per-step "
-                                 "accuracies on small batches are noisy)")
-    early_fraction: float = option(0.2, help="leading fraction of the logged steps in which saturation flags a run")
+    window: int = option(
+        3,
+        help="logged steps averaged before comparing with the threshold (per-step "
+        "accuracies on small batches are noisy)",
+    )
+    early_fraction: float = option(
+        0.2, help="leading fraction of the logged steps in which saturation flags a run"
+    )
 
     def __post_init__(self) -> None:
         if not (0 < self.threshold <= 1 and 0 < self.early_fraction <= 1 and self.window >= 1):
@@ -62,8 +67,9 @@ def train_rows(log_history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
     return [row for row in log_history if "rewards/accuracies" in row]
 
 
-def first_saturated(accuracies: Sequence[float], rule: SaturationRule | None = None, *,
-                    within: int | None = None) -> tuple[int, float] | None:
+def first_saturated(
+    accuracies: Sequence[float], rule: SaturationRule | None = None, *, within: int | None = None
+) -> tuple[int, float] | None:
     """``(index, window mean)`` of the first logged step whose window mean reaches the threshold.
 
     Args:
@@ -116,8 +122,11 @@ def check_reward_saturation(
     """
     rule = SaturationRule(**{**(rule or SaturationRule()).to_dict(), **overrides})
     rows = train_rows(log_history)
-    hit = first_saturated([row["rewards/accuracies"] for row in rows], rule,
-                          within=math.ceil(rule.early_fraction * len(rows)))
+    hit = first_saturated(
+        [row["rewards/accuracies"] for row in rows],
+        rule,
+        within=math.ceil(rule.early_fraction * len(rows)),
+    )
     if hit is None:
         return None
     at, mean = hit
@@ -197,13 +206,19 @@ def reward_curves(root: str | Path) -> dict[str, list[dict[str, Any]]]:
     for log_path in sorted(root.glob("dpo/*/dpo_log.json")):
         hist = json.loads(log_path.read_text(encoding="utf-8"))["log_history"]
         out[log_path.parent.name] = [
-            {"step": h.get("step"), "accuracy": h["rewards/accuracies"], "margin": h.get("rewards/margins")}
+            {
+                "step": h.get("step"),
+                "accuracy": h["rewards/accuracies"],
+                "margin": h.get("rewards/margins"),
+            }
             for h in train_rows(hist)
         ]
     return out
 
 
-def saturation_steps(curves: Mapping[str, list[dict[str, Any]]], rule: SaturationRule | None = None) -> pd.DataFrame:
+def saturation_steps(
+    curves: Mapping[str, list[dict[str, Any]]], rule: SaturationRule | None = None
+) -> pd.DataFrame:
     """Per source: the first step at which the rule's window mean reaches its threshold (as a step and
     a fraction of training), whether that is early enough to flag the run, and the final margin."""
     rule = rule or SaturationRule()
@@ -214,16 +229,23 @@ def saturation_steps(curves: Mapping[str, list[dict[str, Any]]], rule: Saturatio
         first = pts[hit[0]]["step"] if hit else None
         last = pts[-1]["step"] if pts else None
         flagged = bool(hit) and hit[0] < math.ceil(rule.early_fraction * len(pts))
-        rows.append({"source": source, "steps": last,
-                     f"first step ≥ {rule.threshold} (mean of {rule.window})": first,
-                     "fraction of training": (first / last) if first and last else None,
-                     "saturated early": flagged,
-                     "mean accuracy": sum(acc) / len(acc) if acc else None,
-                     "final margin": pts[-1]["margin"] if pts else None})
+        rows.append(
+            {
+                "source": source,
+                "steps": last,
+                f"first step ≥ {rule.threshold} (mean of {rule.window})": first,
+                "fraction of training": (first / last) if first and last else None,
+                "saturated early": flagged,
+                "mean accuracy": sum(acc) / len(acc) if acc else None,
+                "final margin": pts[-1]["margin"] if pts else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def plot_reward_accuracy(curves: Mapping[str, list[dict[str, Any]]], *, template: str = "plotly_white") -> "go.Figure":
+def plot_reward_accuracy(
+    curves: Mapping[str, list[dict[str, Any]]], *, template: str = "plotly_white"
+) -> "go.Figure":
     """Reward accuracy and margin per step, one colour per pair source in both panels (Icon² App. I).
 
     Example:
@@ -235,23 +257,56 @@ def plot_reward_accuracy(curves: Mapping[str, list[dict[str, Any]]], *, template
     from plotly.subplots import make_subplots
 
     go = plotly_go()
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("DPO reward accuracy (chosen reward > rejected reward)",
-                                        "DPO reward margin (chosen − rejected reward)"))
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.12,
+        subplot_titles=(
+            "DPO reward accuracy (chosen reward > rejected reward)",
+            "DPO reward margin (chosen − rejected reward)",
+        ),
+    )
     for k, (source, pts) in enumerate(curves.items()):
         steps = [p["step"] for p in pts]
         style = {"color": PALETTE[k % len(PALETTE)], "width": 2}
-        fig.add_trace(go.Scatter(x=steps, y=[p["accuracy"] for p in pts], name=source, legendgroup=source,
-                                 mode="lines+markers", line=style, marker={"color": style["color"], "size": 6}),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=steps, y=[p["margin"] for p in pts], name=source, legendgroup=source,
-                                 showlegend=False, mode="lines+markers", line=style,
-                                 marker={"color": style["color"], "size": 6}), row=2, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[p["accuracy"] for p in pts],
+                name=source,
+                legendgroup=source,
+                mode="lines+markers",
+                line=style,
+                marker={"color": style["color"], "size": 6},
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[p["margin"] for p in pts],
+                name=source,
+                legendgroup=source,
+                showlegend=False,
+                mode="lines+markers",
+                line=style,
+                marker={"color": style["color"], "size": 6},
+            ),
+            row=2,
+            col=1,
+        )
     fig.add_hline(y=0.5, line_dash="dot", line_color="gray", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[-0.02, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="margin", row=2, col=1)
     fig.update_xaxes(title_text="optimizer step", row=2, col=1)
-    fig.update_layout(template=template, width=900, height=700, title="DPO reward curves per pair source",
-                      legend={"orientation": "h", "y": -0.12, "x": 0.5, "xanchor": "center"},
-                      margin={"t": 90, "b": 110})
+    fig.update_layout(
+        template=template,
+        width=900,
+        height=700,
+        title="DPO reward curves per pair source",
+        legend={"orientation": "h", "y": -0.12, "x": 0.5, "xanchor": "center"},
+        margin={"t": 90, "b": 110},
+    )
     return fig

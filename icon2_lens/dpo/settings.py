@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._config import documented, option
+from icon2_lens._config import documented, option
 
 if TYPE_CHECKING:
     import trl
@@ -62,19 +62,32 @@ class DPOSettings:
         5e-06
     """
 
-    beta: float = option(0.1, help="KL strength of the DPO loss (0.1 as in the Icon² paper and TRL)")
+    beta: float = option(
+        0.1, help="KL strength of the DPO loss (0.1 as in the Icon² paper and TRL)"
+    )
     learning_rate: float = option(5e-6, aliases=("--lr",), help="peak learning rate")
     lr_scheduler_type: str = option("cosine", help="learning-rate schedule after warmup")
     warmup_ratio: float = option(0.1, help="fraction of the optimizer steps spent in linear warmup")
-    num_train_epochs: int | float = option(1, aliases=("--epochs",),
-                                           help="passes over the pairs (ignored when max_steps > 0)")
-    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: train num_train_epochs)")
-    per_device_train_batch_size: int = option(4, aliases=("--batch-size",), help="pairs per forward/backward pass")
+    num_train_epochs: int | float = option(
+        1, aliases=("--epochs",), help="passes over the pairs (ignored when max_steps > 0)"
+    )
+    max_steps: int = option(
+        -1, help="stop after this many optimizer steps (-1: train num_train_epochs)"
+    )
+    per_device_train_batch_size: int = option(
+        4, aliases=("--batch-size",), help="pairs per forward/backward pass"
+    )
     gradient_accumulation_steps: int = option(1, help="batches per optimizer step")
-    max_length: int = option(384, help="maximum prompt + completion tokens (longer ones are truncated at the end; "
-                                       "records whose prompt alone reaches it are dropped by TRL)")
-    gradient_checkpointing: bool = option(False, help="activation checkpointing (TRL turns it on by default; on CPU "
-                                                      "with small models it only costs time)")
+    max_length: int = option(
+        384,
+        help="maximum prompt + completion tokens (longer ones are truncated at the end; "
+        "records whose prompt alone reaches it are dropped by TRL)",
+    )
+    gradient_checkpointing: bool = option(
+        False,
+        help="activation checkpointing (TRL turns it on by default; on CPU "
+        "with small models it only costs time)",
+    )
     seed: int = option(0, help="seed of the initialisation, data order and dropout")
     logging_steps: int = option(1, help="optimizer steps between two log entries")
 

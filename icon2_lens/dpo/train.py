@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._files import write_json
-from ..figures import write_figures
-from ..model.load import model_source, package_versions
-from ..pairs.records import validate_pairs
+from icon2_lens._files import write_json
+from icon2_lens.figures import write_figures
+from icon2_lens.model.load import model_source, package_versions
+from icon2_lens.pairs.records import validate_pairs
+
 from .curves import SaturationRule, check_reward_saturation, plot_reward_curves, train_rows
 from .settings import DPOSettings, split_options
 from .trainer import as_records, dropped_records_message, is_bridge, make_dpo_trainer

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..model.load import model_source, resolve_model
-from ..pairs.records import PAIR_FIELDS, PROVENANCE_PREFIX, read_pairs, validate_pairs
+from icon2_lens.model.load import model_source, resolve_model
+from icon2_lens.pairs.records import PAIR_FIELDS, PROVENANCE_PREFIX, read_pairs, validate_pairs
+
 from .settings import DPOSettings, require_trl, split_options
 
 if TYPE_CHECKING:
@@ -42,7 +43,13 @@ if TYPE_CHECKING:
     import trl
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["to_hf_dataset", "make_dpo_trainer", "as_records", "is_bridge", "dropped_records_message"]
+__all__ = [
+    "to_hf_dataset",
+    "make_dpo_trainer",
+    "as_records",
+    "is_bridge",
+    "dropped_records_message",
+]
 
 logger = logging.getLogger(__name__)
 

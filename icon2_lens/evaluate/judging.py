@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._config import documented, option
-from .._files import read_jsonl, write_json, write_jsonl
-from .._types import LensModel
-from ..judge.compare import compare_pairwise, compare_pointwise
-from ..judge.registry import JUDGES
-from ..judge.rules import RefusalJudge, degeneracy
-from ..instructions.builtin import load_eval_instructions, read_instruction_file
-from ..model.generate import Decoding
+from icon2_lens._config import documented, option
+from icon2_lens._files import read_jsonl, write_json, write_jsonl
+from icon2_lens._types import LensModel
+from icon2_lens.instructions.builtin import load_eval_instructions, read_instruction_file
+from icon2_lens.judge.compare import compare_pairwise, compare_pointwise
+from icon2_lens.judge.registry import JUDGES
+from icon2_lens.judge.rules import RefusalJudge, degeneracy
+from icon2_lens.model.generate import Decoding
+
 from .systems import SystemSpec, answer_instructions
 
 if TYPE_CHECKING:
@@ -51,8 +52,12 @@ class EvalConfig:
     """How systems are evaluated on held-out instructions."""
 
     n_benign: int | None = option(None, help="first N benign built-in instructions (none: all 96)")
-    n_harmful: int | None = option(None, help="first N harmful built-in instructions (none: all 32)")
-    judges: tuple[str, ...] = option(DEFAULT_JUDGES, help="judges, comma-separated (see icon2_lens.judge.registry)")
+    n_harmful: int | None = option(
+        None, help="first N harmful built-in instructions (none: all 32)"
+    )
+    judges: tuple[str, ...] = option(
+        DEFAULT_JUDGES, help="judges, comma-separated (see icon2_lens.judge.registry)"
+    )
     reference: str = option("base", help="the system every other one is compared with")
     max_new_tokens: int = option(96, help="answer budget in tokens (greedy)")
     batch_size: int = option(16, help="rows per forward pass")
@@ -74,7 +79,9 @@ class EvalConfig:
             raise ValueError("max_new_tokens and batch_size must be at least 1")
 
 
-def system_stats(model: LensModel, answers: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> dict[str, Any]:
+def system_stats(
+    model: LensModel, answers: Sequence[Mapping[str, Any]], kinds: Sequence[str]
+) -> dict[str, Any]:
     """Plain counts for one system: answer length, degenerate answers, refusals by request kind."""
     tok = model.tokenizer
     texts = [a["answer"] for a in answers]
@@ -119,11 +126,17 @@ def judge_answers(
     kinds = list(kinds)
     for name, rows in answers.items():
         if [r["instruction"] for r in rows] != list(instructions):
-            raise ValueError(f"the answers of {name!r} are not for these instructions (in this order)")
+            raise ValueError(
+                f"the answers of {name!r} are not for these instructions (in this order)"
+            )
     cache: dict[tuple[str, str], np.ndarray] = {}
     out: dict[str, dict[str, Any]] = {}
     for judge in judges:
-        idx = [i for i, k in enumerate(kinds) if k == "harmful"] if judge.name == "refusal" else list(range(len(kinds)))
+        idx = (
+            [i for i, k in enumerate(kinds) if k == "harmful"]
+            if judge.name == "refusal"
+            else list(range(len(kinds)))
+        )
         if not idx:
             log.warning("judge %s: no instructions in its scope; skipped", judge.name)
             continue
@@ -146,17 +159,36 @@ def judge_answers(
                 continue
             try:
                 if judge.kind == "pointwise":
-                    cmp = compare_pointwise(scores(system), scores(reference), lengths_a=lengths(system),
-                                            lengths_b=lengths(reference), judge_name=judge.name,
-                                            description=judge.description, seed=seed)
+                    cmp = compare_pointwise(
+                        scores(system),
+                        scores(reference),
+                        lengths_a=lengths(system),
+                        lengths_b=lengths(reference),
+                        judge_name=judge.name,
+                        description=judge.description,
+                        seed=seed,
+                    )
                 else:
                     prefs = judge.prefer(ins, texts(system), texts(reference))
-                    cmp = compare_pairwise(prefs, lengths_a=lengths(system), lengths_b=lengths(reference),
-                                           judge_name=judge.name, description=judge.description, seed=seed)
+                    cmp = compare_pairwise(
+                        prefs,
+                        lengths_a=lengths(system),
+                        lengths_b=lengths(reference),
+                        judge_name=judge.name,
+                        description=judge.description,
+                        seed=seed,
+                    )
             except ValueError as e:  # e.g. every answer empty: nothing this judge can score
-                log.warning("%s vs %s under %s: not compared (%s)", system, reference, judge.name, e)
-                out.setdefault(system, {})[judge.name] = {"judge": judge.name, "n": 0, "win_rate": None,
-                                                          "lc_win_rate": None, "note": str(e)}
+                log.warning(
+                    "%s vs %s under %s: not compared (%s)", system, reference, judge.name, e
+                )
+                out.setdefault(system, {})[judge.name] = {
+                    "judge": judge.name,
+                    "n": 0,
+                    "win_rate": None,
+                    "lc_win_rate": None,
+                    "note": str(e),
+                }
                 continue
             entry = cmp.to_dict()
             entry["scope"] = "harmful" if judge.name == "refusal" else "all"
@@ -167,14 +199,20 @@ def judge_answers(
     return out
 
 
-def write_answers_table(answers: Mapping[str, Sequence[Mapping[str, Any]]], kinds: Sequence[str],
-                        path: str | Path) -> None:
+def write_answers_table(
+    answers: Mapping[str, Sequence[Mapping[str, Any]]], kinds: Sequence[str], path: str | Path
+) -> None:
     """All systems' answers side by side, one JSON line per instruction."""
     names = list(answers)
     rows = []
     for i, row in enumerate(answers[names[0]]):
-        rows.append({"instruction": row["instruction"], "kind": kinds[i],
-                     **{name: answers[name][i]["answer"] for name in names}})
+        rows.append(
+            {
+                "instruction": row["instruction"],
+                "kind": kinds[i],
+                **{name: answers[name][i]["answer"] for name in names},
+            }
+        )
     write_jsonl(path, rows)
 
 
@@ -210,10 +248,25 @@ def evaluate_systems(
     kinds = [r.get("kind", "benign") for r in records]
     answers = {}
     for spec in systems:
-        answers[spec.name] = answer_instructions(spec, base, instructions, decoding, out=out / "answers" / f"{spec.name}.jsonl",
-                                                 batch_size=batch_size, progress=progress)
-    comparisons = judge_answers(base, instructions, kinds, answers, judges, reference=reference, seed=seed,
-                                progress=progress)
+        answers[spec.name] = answer_instructions(
+            spec,
+            base,
+            instructions,
+            decoding,
+            out=out / "answers" / f"{spec.name}.jsonl",
+            batch_size=batch_size,
+            progress=progress,
+        )
+    comparisons = judge_answers(
+        base,
+        instructions,
+        kinds,
+        answers,
+        judges,
+        reference=reference,
+        seed=seed,
+        progress=progress,
+    )
     result = {
         "n": len(instructions),
         "n_harmful": sum(k == "harmful" for k in kinds),
@@ -223,8 +276,10 @@ def evaluate_systems(
         "comparisons": comparisons,
         "stats": {name: system_stats(base, rows, kinds) for name, rows in answers.items()},
         "decoding": decoding.to_dict(),
-        "systems": {s.name: {"kind": s.kind, "path": s.path, "strength": s.strength, "layers": s.layers}
-                    for s in systems},
+        "systems": {
+            s.name: {"kind": s.kind, "path": s.path, "strength": s.strength, "layers": s.layers}
+            for s in systems
+        },
     }
     write_answers_table(answers, kinds, out / "answers.jsonl")
     write_json(result, out / "eval.json")
@@ -238,9 +293,17 @@ def results_frame(result: Mapping[str, Any]) -> "pd.DataFrame":
     rows = []
     for system, by_judge in result["comparisons"].items():
         for judge, c in by_judge.items():
-            rows.append({"system": system, "judge": judge, "scope": c.get("scope"), "n": c["n"],
-                         "win rate": _interval_text(c["win_rate"]), "LC win rate": _interval_text(c["lc_win_rate"]),
-                         "tie rate": c.get("tie_rate")})
+            rows.append(
+                {
+                    "system": system,
+                    "judge": judge,
+                    "scope": c.get("scope"),
+                    "n": c["n"],
+                    "win rate": _interval_text(c["win_rate"]),
+                    "LC win rate": _interval_text(c["lc_win_rate"]),
+                    "tie rate": c.get("tie_rate"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -248,7 +311,9 @@ def _interval_text(x: Mapping[str, Any] | None) -> str:
     return "n/a" if x is None else f"{x['value']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
 
 
-def builtin_eval_records(n_benign: int | None = None, n_harmful: int | None = None) -> list[dict[str, Any]]:
+def builtin_eval_records(
+    n_benign: int | None = None, n_harmful: int | None = None
+) -> list[dict[str, Any]]:
     """The first ``n_benign`` benign and ``n_harmful`` harmful built-in evaluation requests (``None``: all, 0: none).
 
     Example:
@@ -264,7 +329,9 @@ def builtin_eval_records(n_benign: int | None = None, n_harmful: int | None = No
     return out
 
 
-def read_eval_records(spec: str, n_benign: int | None = None, n_harmful: int | None = None) -> list[dict[str, Any]]:
+def read_eval_records(
+    spec: str, n_benign: int | None = None, n_harmful: int | None = None
+) -> list[dict[str, Any]]:
     """Evaluation instructions: ``"builtin"`` (:func:`builtin_eval_records`), a ``.jsonl`` file with
     ``instruction`` and an optional ``kind`` (benign/harmful), or a ``.txt`` file (all benign)."""
     if spec == "builtin":
@@ -278,4 +345,3 @@ def read_eval_records(spec: str, n_benign: int | None = None, n_harmful: int | N
     if bad:
         raise ValueError(f"{path}: unknown kind(s) {bad}; use 'benign' or 'harmful'")
     return [{"instruction": t, "kind": k} for t, k in zip(texts, kinds)]
-

@@ -27,17 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._files import read_jsonl, write_jsonl
-from .._types import LensModel
-from ..alignez.apply import generate_alignez
-from ..alignez.edit import load_alignez
-from ..consistency.scores import score_consistency
-from ..directions.extract import load_extraction
-from ..directions.steer import SteeringSpec
-from ..model.chat import render_chat
-from ..model.generate import Decoding, generate
-from ..model.hooks import parse_layers
-from ..model.load import load_model
+from icon2_lens._files import read_jsonl, write_jsonl
+from icon2_lens._types import LensModel
+from icon2_lens.alignez.apply import generate_alignez
+from icon2_lens.alignez.edit import load_alignez
+from icon2_lens.consistency.scores import score_consistency
+from icon2_lens.directions.extract import load_extraction
+from icon2_lens.directions.steer import SteeringSpec
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.generate import Decoding, generate
+from icon2_lens.model.hooks import parse_layers
+from icon2_lens.model.load import load_model
 
 __all__ = ["SystemSpec", "parse_system", "answer_instructions"]
 
@@ -65,7 +65,9 @@ def parse_system(text: str, name: str | None = None) -> SystemSpec:
     """
     text = text.strip()
     if not text:
-        raise ValueError("empty system: use base, model:PATH, alignez:DIR[@STRENGTH] or steer:DIR@GAMMA@LAYERS")
+        raise ValueError(
+            "empty system: use base, model:PATH, alignez:DIR[@STRENGTH] or steer:DIR@GAMMA@LAYERS"
+        )
     if text == "base":
         return SystemSpec(name or "base", "base")
     kind, sep, rest = text.partition(":")
@@ -83,43 +85,81 @@ def parse_system(text: str, name: str | None = None) -> SystemSpec:
     if kind == "alignez":
         return SystemSpec(name or "alignez", "alignez", parts[0], strength)
     if len(parts) != 3:
-        raise ValueError(f"{text!r}: use steer:DIR@GAMMA@LAYERS, e.g. steer:runs/x/extract@0.02@13-22")
+        raise ValueError(
+            f"{text!r}: use steer:DIR@GAMMA@LAYERS, e.g. steer:runs/x/extract@0.02@13-22"
+        )
     return SystemSpec(name or "steer", "steer", parts[0], strength, parts[2])
 
 
-def _generations(spec: SystemSpec, base: LensModel, instructions: Sequence[str], decoding, *,
-                 batch_size: int, progress: bool, criteria: Sequence[str] | None):
+def _generations(
+    spec: SystemSpec,
+    base: LensModel,
+    instructions: Sequence[str],
+    decoding,
+    *,
+    batch_size: int,
+    progress: bool,
+    criteria: Sequence[str] | None,
+):
     prompts = [render_chat(base.tokenizer, d) for d in instructions]
     if spec.kind == "base":
         return generate(base, prompts, decoding, batch_size=batch_size, progress=progress)
     if spec.kind == "model":
         other = load_model(spec.path)
         try:
-            return generate(other, [render_chat(other.tokenizer, d) for d in instructions], decoding,
-                            batch_size=batch_size, progress=progress)
+            return generate(
+                other,
+                [render_chat(other.tokenizer, d) for d in instructions],
+                decoding,
+                batch_size=batch_size,
+                progress=progress,
+            )
         finally:
             del other
     if spec.kind == "alignez":
         edit = load_alignez(spec.path, model=base)
-        return generate_alignez(base, instructions, edit, decoding, strength=spec.strength,
-                                batch_size=batch_size, progress=progress)
+        return generate_alignez(
+            base,
+            instructions,
+            edit,
+            decoding,
+            strength=spec.strength,
+            batch_size=batch_size,
+            progress=progress,
+        )
     if spec.kind == "steer":
-        return _steered(spec, base, instructions, prompts, decoding, batch_size=batch_size,
-                        progress=progress, criteria=criteria)
+        return _steered(
+            spec,
+            base,
+            instructions,
+            prompts,
+            decoding,
+            batch_size=batch_size,
+            progress=progress,
+            criteria=criteria,
+        )
     raise ValueError(f"unknown system kind {spec.kind!r}")
 
 
 def _steered(spec, base, instructions, prompts, decoding, *, batch_size, progress, criteria):
     sets, _ = load_extraction(spec.path, model=base)
     if criteria is None:
-        criteria = score_consistency(base, list(instructions), list(sets.values()), progress=False).best_criterion
+        criteria = score_consistency(
+            base, list(instructions), list(sets.values()), progress=False
+        ).best_criterion
     layers = tuple(parse_layers(spec.layers, base.cfg.n_layers))
     out: list[Any] = [None] * len(prompts)
     for name in sorted(set(criteria)):
         idx = [i for i, c in enumerate(criteria) if c == name]
         steering = [SteeringSpec(directions=sets[name], gamma=float(spec.strength), layers=layers)]
-        gens = generate(base, [prompts[i] for i in idx], decoding, steering=steering, batch_size=batch_size,
-                        progress=progress)
+        gens = generate(
+            base,
+            [prompts[i] for i in idx],
+            decoding,
+            steering=steering,
+            batch_size=batch_size,
+            progress=progress,
+        )
         for i, g in zip(idx, gens):
             out[i] = g
     return out
@@ -158,11 +198,28 @@ def answer_instructions(
         if [r["instruction"] for r in have] == list(instructions):
             log.info("reusing the answers in %s", path)
             return have
-        raise ValueError(f"{path} holds answers to other instructions; delete it or choose another --out")
-    gens = _generations(spec, base, instructions, decoding, batch_size=batch_size, progress=progress,
-                        criteria=criteria)
-    rows = [{"instruction": d, "answer": g.text, "tokens": len(g.token_ids), "finished": g.finished,
-             "system": spec.name} for d, g in zip(instructions, gens)]
+        raise ValueError(
+            f"{path} holds answers to other instructions; delete it or choose another --out"
+        )
+    gens = _generations(
+        spec,
+        base,
+        instructions,
+        decoding,
+        batch_size=batch_size,
+        progress=progress,
+        criteria=criteria,
+    )
+    rows = [
+        {
+            "instruction": d,
+            "answer": g.text,
+            "tokens": len(g.token_ids),
+            "finished": g.finished,
+            "system": spec.name,
+        }
+        for d, g in zip(instructions, gens)
+    ]
     if path is not None:
         write_jsonl(path, rows)
     return rows

@@ -19,7 +19,11 @@ EVAL_KINDS = ("benign", "harmful")
 
 @lru_cache(maxsize=1)
 def _builtin() -> dict:
-    with resources.files("icon2_lens.instructions").joinpath("data/instructions.json").open(encoding="utf-8") as f:
+    with (
+        resources.files("icon2_lens.instructions")
+        .joinpath("data/instructions.json")
+        .open(encoding="utf-8") as f
+    ):
         return json.load(f)
 
 
@@ -60,9 +64,16 @@ def load_eval_instructions(kind: str | None = None, n: int | None = None) -> lis
         True
     """
     if kind is not None and kind not in EVAL_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(map(repr, EVAL_KINDS))} or None")
+        raise ValueError(
+            f"unknown kind {kind!r}; use one of {', '.join(map(repr, EVAL_KINDS))} or None"
+        )
     items = [
-        {"id": r["id"], "instruction": r["instruction"], "kind": r["kind"], "category": r.get("category")}
+        {
+            "id": r["id"],
+            "instruction": r["instruction"],
+            "kind": r["kind"],
+            "category": r.get("category"),
+        }
         for r in _builtin_eval()
         if kind is None or r["kind"] == kind
     ]
@@ -108,8 +119,10 @@ def read_instruction_file(path: str | Path) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"instructions file {str(path)!r} does not exist; check the path (a .txt file with one "
-                         "instruction per line, or .jsonl with an 'instruction' field)")
+        raise ValueError(
+            f"instructions file {str(path)!r} does not exist; check the path (a .txt file with one "
+            "instruction per line, or .jsonl with an 'instruction' field)"
+        )
     out: list[str] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

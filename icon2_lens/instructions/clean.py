@@ -59,23 +59,163 @@ STEPS: tuple[str, ...] = (
 )
 
 _POSTING_CAP = 256
-_GENERIC_MARKERS = ("<|", "|>", "[inst]", "[/inst]", "###", "assistant:", "user:", "system:", "<s>", "</s>")
-_REQUEST_OPENERS = (
-    "write", "explain", "list", "describe", "give", "tell", "help", "how", "what", "why", "when", "where",
-    "which", "who", "whom", "whose", "can", "could", "would", "will", "should", "is", "are", "do", "does",
-    "did", "please", "create", "generate", "summarize", "summarise", "translate", "compare", "suggest",
-    "recommend", "find", "make", "design", "plan", "outline", "draft", "compose", "calculate", "solve",
-    "define", "analyze", "analyse", "provide", "show", "name", "identify", "classify", "rewrite", "edit",
-    "convert", "imagine", "pretend", "act", "brainstorm", "discuss", "evaluate", "predict", "estimate",
-    "i'm", "im", "i", "my", "we", "in", "if", "as", "for", "given", "using", "let's", "lets",
+_GENERIC_MARKERS = (
+    "<|",
+    "|>",
+    "[inst]",
+    "[/inst]",
+    "###",
+    "assistant:",
+    "user:",
+    "system:",
+    "<s>",
+    "</s>",
 )
-_REQUEST_PHRASES = ("i need", "i want", "i would like", "i'd like", "help me", "i am looking", "i'm looking",
-                    "can you", "could you", "would you", "please", "i wonder", "any tips", "any advice")
-_ANSWER_OPENERS = ("sure", "here is", "here are", "here's", "as an ai", "as a language model", "i'm sorry",
-                   "i am sorry", "yes", "no", "certainly", "of course", "thank you", "thanks", "okay", "ok",
-                   "hello", "hi", "great question", "absolutely")
-_DANGLING = ("and", "or", "but", "the", "a", "an", "to", "of", "with", "for", "in", "on", "that", "which",
-             "because", "so", "as", "if", "my", "your", "is", "are", "about", "like", "from", "into", "than")
+_REQUEST_OPENERS = (
+    "write",
+    "explain",
+    "list",
+    "describe",
+    "give",
+    "tell",
+    "help",
+    "how",
+    "what",
+    "why",
+    "when",
+    "where",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "can",
+    "could",
+    "would",
+    "will",
+    "should",
+    "is",
+    "are",
+    "do",
+    "does",
+    "did",
+    "please",
+    "create",
+    "generate",
+    "summarize",
+    "summarise",
+    "translate",
+    "compare",
+    "suggest",
+    "recommend",
+    "find",
+    "make",
+    "design",
+    "plan",
+    "outline",
+    "draft",
+    "compose",
+    "calculate",
+    "solve",
+    "define",
+    "analyze",
+    "analyse",
+    "provide",
+    "show",
+    "name",
+    "identify",
+    "classify",
+    "rewrite",
+    "edit",
+    "convert",
+    "imagine",
+    "pretend",
+    "act",
+    "brainstorm",
+    "discuss",
+    "evaluate",
+    "predict",
+    "estimate",
+    "i'm",
+    "im",
+    "i",
+    "my",
+    "we",
+    "in",
+    "if",
+    "as",
+    "for",
+    "given",
+    "using",
+    "let's",
+    "lets",
+)
+_REQUEST_PHRASES = (
+    "i need",
+    "i want",
+    "i would like",
+    "i'd like",
+    "help me",
+    "i am looking",
+    "i'm looking",
+    "can you",
+    "could you",
+    "would you",
+    "please",
+    "i wonder",
+    "any tips",
+    "any advice",
+)
+_ANSWER_OPENERS = (
+    "sure",
+    "here is",
+    "here are",
+    "here's",
+    "as an ai",
+    "as a language model",
+    "i'm sorry",
+    "i am sorry",
+    "yes",
+    "no",
+    "certainly",
+    "of course",
+    "thank you",
+    "thanks",
+    "okay",
+    "ok",
+    "hello",
+    "hi",
+    "great question",
+    "absolutely",
+)
+_DANGLING = (
+    "and",
+    "or",
+    "but",
+    "the",
+    "a",
+    "an",
+    "to",
+    "of",
+    "with",
+    "for",
+    "in",
+    "on",
+    "that",
+    "which",
+    "because",
+    "so",
+    "as",
+    "if",
+    "my",
+    "your",
+    "is",
+    "are",
+    "about",
+    "like",
+    "from",
+    "into",
+    "than",
+)
 
 
 @dataclass
@@ -104,8 +244,12 @@ class CleanReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "kept": list(self.kept), "kept_index": list(self.kept_index),
-                "dropped": [list(d) for d in self.dropped]}
+        return {
+            "counts": dict(self.counts),
+            "kept": list(self.kept),
+            "kept_index": list(self.kept_index),
+            "dropped": [list(d) for d in self.dropped],
+        }
 
 
 def normalize_instruction(text: str) -> str:
@@ -162,12 +306,17 @@ def _loop(words: list[str]) -> bool:
 def _is_request(text: str) -> bool:
     low = text.lower()
     letters = sum(c.isalpha() for c in text)
-    if letters < 0.6 * len(text.replace(" ", "")) or sum(ord(c) > 127 for c in text) > 0.2 * len(text):
+    if letters < 0.6 * len(text.replace(" ", "")) or sum(ord(c) > 127 for c in text) > 0.2 * len(
+        text
+    ):
         return False
     words = _words(text)
     if _loop(words):
         return False
-    if any(low.startswith(a) and (len(low) == len(a) or not low[len(a)].isalpha()) for a in _ANSWER_OPENERS):
+    if any(
+        low.startswith(a) and (len(low) == len(a) or not low[len(a)].isalpha())
+        for a in _ANSWER_OPENERS
+    ):
         return False
     if text.endswith("?"):
         return True
@@ -206,11 +355,15 @@ def clean_instructions(
         ValueError: ``finished`` of another length, or inconsistent thresholds.
     """
     if finished is not None and len(finished) != len(texts):
-        raise ValueError(f"finished has {len(finished)} entries for {len(texts)} texts: pass one per text")
+        raise ValueError(
+            f"finished has {len(finished)} entries for {len(texts)} texts: pass one per text"
+        )
     if not 0 < near_duplicate <= 1:
         raise ValueError(f"near_duplicate must be in (0, 1], got {near_duplicate}")
     if min_chars > max_chars or min_chars < 0 or min_words < 0:
-        raise ValueError(f"bad length bounds: min_chars={min_chars}, max_chars={max_chars}, min_words={min_words}")
+        raise ValueError(
+            f"bad length bounds: min_chars={min_chars}, max_chars={max_chars}, min_words={min_words}"
+        )
     report = CleanReport()
     report.counts["raw"] = len(texts)
     alive: list[tuple[int, str]] = []

@@ -23,14 +23,27 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .._config import documented, option
-from .._files import append_jsonl, read_jsonl, settings_differences, write_json, write_jsonl
-from .._types import LensModel
-from ..model.chat import user_turn_template
-from ..model.generate import Decoding, Generation, generate_rows
+from icon2_lens._config import documented, option
+from icon2_lens._files import (
+    append_jsonl,
+    read_jsonl,
+    settings_differences,
+    write_json,
+    write_jsonl,
+)
+from icon2_lens._types import LensModel
+from icon2_lens.model.chat import user_turn_template
+from icon2_lens.model.generate import Decoding, Generation, generate_rows
+
 from .clean import CleanReport, clean_instructions
 
-__all__ = ["SynthesisConfig", "synthesize_raw", "synthesize_instructions", "template_markers", "write_synthesis"]
+__all__ = [
+    "SynthesisConfig",
+    "synthesize_raw",
+    "synthesize_instructions",
+    "template_markers",
+    "write_synthesis",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +53,24 @@ log = logging.getLogger(__name__)
 class SynthesisConfig:
     """Sampling settings for self-synthesis (everything but ``n`` and ``batch_size`` is recorded in ``raw.jsonl``)."""
 
-    n: int = option(512, help="raw samples to draw (with a 135M model, expect well under half to survive cleaning)")
-    temperature: float = option(1.0, help="sampling temperature (1.0: the model's own distribution, as in Magpie)")
+    n: int = option(
+        512,
+        help="raw samples to draw (with a 135M model, expect well under half to survive cleaning)",
+    )
+    temperature: float = option(
+        1.0, help="sampling temperature (1.0: the model's own distribution, as in Magpie)"
+    )
     top_p: float = option(0.95, help="nucleus mass")
-    max_new_tokens: int = option(64, help="budget of one instruction; longer samples are dropped as incomplete")
-    seed: int = option(0, help="base seed (sample i draws from its own generator seeded by (seed, i))")
+    max_new_tokens: int = option(
+        64, help="budget of one instruction; longer samples are dropped as incomplete"
+    )
+    seed: int = option(
+        0, help="base seed (sample i draws from its own generator seeded by (seed, i))"
+    )
     batch_size: int = option(32, help="samples per batch; does not change the samples")
-    system: str | None = option(None, help="system prompt rendered before the user turn (none: the template's default)")
+    system: str | None = option(
+        None, help="system prompt rendered before the user turn (none: the template's default)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("n", "max_new_tokens", "batch_size"):
@@ -97,8 +121,13 @@ def synthesize_raw(
     tok = model.tokenizer
     turn = user_turn_template(tok, system=config.system)
     prefix = tok(turn.prefix, add_special_tokens=False)["input_ids"]
-    decoding = Decoding(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=config.temperature,
-                        top_p=config.top_p, seed=config.seed)
+    decoding = Decoding(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+    )
     path = Path(out) if out is not None else None
     header = {"icon2_synthesis": config.settings(), "prefix": turn.prefix}
     rows: list[dict[str, Any]] = []
@@ -121,9 +150,13 @@ def synthesize_raw(
     starts = range(start, config.n, config.batch_size)
     for s in tqdm(starts, desc="synthesize", unit="batch", disable=not progress):
         count = min(config.batch_size, config.n - s)
-        gens: list[Generation] = generate_rows(model, [prefix] * count, decoding, row_seeds=range(s, s + count))
-        new = [{"index": s + j, "text": g.text, "finished": g.finished, "n_tokens": len(g.token_ids)}
-               for j, g in enumerate(gens)]
+        gens: list[Generation] = generate_rows(
+            model, [prefix] * count, decoding, row_seeds=range(s, s + count)
+        )
+        new = [
+            {"index": s + j, "text": g.text, "finished": g.finished, "n_tokens": len(g.token_ids)}
+            for j, g in enumerate(gens)
+        ]
         if path is not None:
             append_jsonl(path, new)
         rows.extend(new)
@@ -154,13 +187,29 @@ def synthesize_instructions(
     return raw, report
 
 
-def write_synthesis(report: CleanReport, config: SynthesisConfig, n_raw: int, *, instructions: str | Path,
-                    summary: str | Path) -> None:
+def write_synthesis(
+    report: CleanReport,
+    config: SynthesisConfig,
+    n_raw: int,
+    *,
+    instructions: str | Path,
+    summary: str | Path,
+) -> None:
     """Write the clean instructions (``{"instruction", "index"}`` per line) and then the summary JSON.
 
     The summary (settings, raw count, survivors per cleaning step, a few examples) is written last,
     so its presence marks the synthesis as finished.
     """
-    write_jsonl(instructions, [{"instruction": t, "index": i} for t, i in zip(report.kept, report.kept_index)])
-    write_json({"settings": config.settings(), "n_raw": n_raw, "counts": report.counts,
-                "examples": report.kept[:10]}, summary)
+    write_jsonl(
+        instructions,
+        [{"instruction": t, "index": i} for t, i in zip(report.kept, report.kept_index)],
+    )
+    write_json(
+        {
+            "settings": config.settings(),
+            "n_raw": n_raw,
+            "counts": report.counts,
+            "examples": report.kept[:10],
+        },
+        summary,
+    )

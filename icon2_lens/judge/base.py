@@ -45,5 +45,7 @@ def check_lengths(*seqs: Sequence[str]) -> int:
     """The common length of ``seqs``; a ``ValueError`` if they differ."""
     n = len(seqs[0])
     if any(len(s) != n for s in seqs):
-        raise ValueError(f"instructions and responses must have the same length, got {[len(s) for s in seqs]}")
+        raise ValueError(
+            f"instructions and responses must have the same length, got {[len(s) for s in seqs]}"
+        )
     return n

@@ -118,8 +118,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def _lc_batch(y: Float[np.ndarray, "b n"], diff: Float[np.ndarray, "b n"], l2: float,
-              max_iter: int = 100) -> Float[np.ndarray, " b"]:
+def _lc_batch(
+    y: Float[np.ndarray, "b n"], diff: Float[np.ndarray, "b n"], l2: float, max_iter: int = 100
+) -> Float[np.ndarray, " b"]:
     """LC win rate of each row of ``(y, diff)``: damped Newton on the penalised cross-entropy."""
     out = y.mean(axis=1)
     sd = diff.std(axis=1)
@@ -187,7 +188,10 @@ def length_controlled_win_rate(
 
 def _prepare(outcomes, length_a, length_b) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(outcomes, dtype=np.float64).ravel()
-    la, lb = np.asarray(length_a, dtype=np.float64).ravel(), np.asarray(length_b, dtype=np.float64).ravel()
+    la, lb = (
+        np.asarray(length_a, dtype=np.float64).ravel(),
+        np.asarray(length_b, dtype=np.float64).ravel(),
+    )
     if not (y.shape == la.shape == lb.shape):
         raise ValueError(f"outcomes and lengths differ in size: {y.size}, {la.size}, {lb.size}")
     if np.any((y < 0) | (y > 1)) or np.isnan(y).any():
@@ -196,14 +200,25 @@ def _prepare(outcomes, length_a, length_b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _summarise(
-    outcomes: np.ndarray, la: np.ndarray, lb: np.ndarray, keep: np.ndarray, *, judge_name: str,
-    description: str, seed: int, n_boot: int, l2: float, level: float = 0.95,
+    outcomes: np.ndarray,
+    la: np.ndarray,
+    lb: np.ndarray,
+    keep: np.ndarray,
+    *,
+    judge_name: str,
+    description: str,
+    seed: int,
+    n_boot: int,
+    l2: float,
+    level: float = 0.95,
 ) -> Comparison:
     dropped = int((~keep).sum())
     y, la, lb = outcomes[keep], la[keep], lb[keep]
     n = y.size
     if n == 0:
-        raise ValueError(f"no item left to compare under the {judge_name!r} judge ({dropped} unscorable)")
+        raise ValueError(
+            f"no item left to compare under the {judge_name!r} judge ({dropped} unscorable)"
+        )
     if dropped:
         log.info("%s: %d of %d items dropped (unscorable)", judge_name, dropped, n + dropped)
     y, d = _prepare(y, la, lb)
@@ -280,8 +295,17 @@ def compare_pointwise(
     la, lb = _as_float(lengths_a, "lengths_a", a.size), _as_float(lengths_b, "lengths_b", a.size)
     keep = ~(np.isnan(a) | np.isnan(b))
     outcomes = np.where(keep, (a > b) + 0.5 * (a == b), 0.5)
-    return _summarise(outcomes, la, lb, keep, judge_name=judge_name, description=description, seed=seed,
-                      n_boot=n_boot, l2=l2)
+    return _summarise(
+        outcomes,
+        la,
+        lb,
+        keep,
+        judge_name=judge_name,
+        description=description,
+        seed=seed,
+        n_boot=n_boot,
+        l2=l2,
+    )
 
 
 def compare_pairwise(
@@ -306,8 +330,17 @@ def compare_pairwise(
     p = _as_float(prefs, "prefs")
     la, lb = _as_float(lengths_a, "lengths_a", p.size), _as_float(lengths_b, "lengths_b", p.size)
     keep = ~np.isnan(p)
-    return _summarise(np.where(keep, p, 0.5), la, lb, keep, judge_name=judge_name, description=description,
-                      seed=seed, n_boot=n_boot, l2=l2)
+    return _summarise(
+        np.where(keep, p, 0.5),
+        la,
+        lb,
+        keep,
+        judge_name=judge_name,
+        description=description,
+        seed=seed,
+        n_boot=n_boot,
+        l2=l2,
+    )
 
 
 def response_lengths(responses: Sequence[str], tokenizer: Any = None) -> Float[np.ndarray, " n"]:
@@ -319,8 +352,10 @@ def response_lengths(responses: Sequence[str], tokenizer: Any = None) -> Float[n
     """
     if tokenizer is None:
         return np.array([len(r.split()) for r in responses], dtype=np.float64)
-    return np.array([len(tokenizer(r, add_special_tokens=False)["input_ids"]) if r else 0 for r in responses],
-                    dtype=np.float64)
+    return np.array(
+        [len(tokenizer(r, add_special_tokens=False)["input_ids"]) if r else 0 for r in responses],
+        dtype=np.float64,
+    )
 
 
 def compare_systems(
@@ -360,12 +395,22 @@ def compare_systems(
     tok = getattr(judge, "tokenizer", None)
     la = response_lengths(responses_a, tok) if lengths_a is None else lengths_a
     lb = response_lengths(responses_b, tok) if lengths_b is None else lengths_b
-    common = dict(lengths_a=la, lengths_b=lb, judge_name=judge.name, description=judge.description, seed=seed,
-                  n_boot=n_boot, l2=l2)
+    common = dict(
+        lengths_a=la,
+        lengths_b=lb,
+        judge_name=judge.name,
+        description=judge.description,
+        seed=seed,
+        n_boot=n_boot,
+        l2=l2,
+    )
     notes: dict[str, list[float]] = {}
 
     def note() -> None:
-        for attr, key in (("last_position_bias", "position_bias"), ("last_label_mass", "label_mass")):
+        for attr, key in (
+            ("last_position_bias", "position_bias"),
+            ("last_label_mass", "label_mass"),
+        ):
             value = getattr(judge, attr, None)
             if value is not None:
                 notes.setdefault(key, []).append(float(value))
@@ -381,6 +426,8 @@ def compare_systems(
         note()
         result = compare_pairwise(prefs, **common)
     else:
-        raise ValueError(f"judge {judge.name!r} has unknown kind {judge.kind!r}; expected pointwise or pairwise")
+        raise ValueError(
+            f"judge {judge.name!r} has unknown kind {judge.kind!r}; expected pointwise or pairwise"
+        )
     result.notes.update({k: float(np.mean(v)) for k, v in notes.items()})
     return result

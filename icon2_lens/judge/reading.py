@@ -13,10 +13,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._types import LensModel
-from ..consistency.scores import score_consistency
-from ..directions.set import DirectionSet
-from ..model.read import read_responses
+from icon2_lens._types import LensModel
+from icon2_lens.consistency.scores import score_consistency
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.model.read import read_responses
+
 from .base import Scores, check_lengths
 
 __all__ = ["score_responses", "InherentJudge", "FluencyJudge"]
@@ -68,8 +69,18 @@ def score_responses(
     if len(sites) != 1:
         raise ValueError("all direction sets must be read at the same site")
     need = sorted({layer for ls in layers for layer in ls})
-    res = read_responses(model, instructions, responses, layers=need, site=sites.pop(), read=read,
-                         batch_size=batch_size, backend=backend, nll=nll, progress=progress)
+    res = read_responses(
+        model,
+        instructions,
+        responses,
+        layers=need,
+        site=sites.pop(),
+        read=read,
+        batch_size=batch_size,
+        backend=backend,
+        nll=nll,
+        progress=progress,
+    )
     projection = torch.zeros(n)
     for i, ds in enumerate(directions):
         idx = [need.index(x) for x in layers[i]]
@@ -122,18 +133,25 @@ class InherentJudge:
         read: str = "mean",
         batch_size: int = 16,
     ) -> None:
-        sets = dict(direction_sets) if isinstance(direction_sets, Mapping) else {
-            ds.criterion: ds for ds in direction_sets}
+        sets = (
+            dict(direction_sets)
+            if isinstance(direction_sets, Mapping)
+            else {ds.criterion: ds for ds in direction_sets}
+        )
         if not sets:
             raise ValueError("the inherent judge needs at least one direction set")
         if criteria is not None:
             unknown = [c for c in criteria if c not in sets]
             if unknown or not criteria:
-                raise ValueError(f"criteria {unknown or list(criteria)} have no direction set; have {sorted(sets)}")
+                raise ValueError(
+                    f"criteria {unknown or list(criteria)} have no direction set; have {sorted(sets)}"
+                )
             sets = {c: sets[c] for c in criteria}
         sites = {ds.site for ds in sets.values()}
         if len(sites) != 1:
-            raise ValueError(f"direction sets read at different sites {sorted(sites)}; use one site")
+            raise ValueError(
+                f"direction sets read at different sites {sorted(sites)}; use one site"
+            )
         self.model = model
         self.direction_sets = sets
         self.site = sites.pop()
@@ -144,13 +162,17 @@ class InherentJudge:
         self._criterion_of: dict[str, str] = {}
 
     @staticmethod
-    def _layers_of(ds: DirectionSet, layers: Mapping[str, Sequence[int]] | Sequence[int] | None) -> list[int]:
+    def _layers_of(
+        ds: DirectionSet, layers: Mapping[str, Sequence[int]] | Sequence[int] | None
+    ) -> list[int]:
         if layers is None:
             return list(ds.layers)
         chosen = list(layers[ds.criterion]) if isinstance(layers, Mapping) else list(layers)
         missing = [x for x in chosen if x not in ds.layers]
         if missing or not chosen:
-            raise ValueError(f"layers {missing or chosen} are not in the {ds.criterion!r} direction set")
+            raise ValueError(
+                f"layers {missing or chosen} are not in the {ds.criterion!r} direction set"
+            )
         return chosen
 
     @property
@@ -159,10 +181,16 @@ class InherentJudge:
 
     @property
     def description(self) -> str:
-        where = "averaged over the response tokens" if self.read == "mean" else "at the response's last token"
-        return (f"the unsteered model's residual stream {where}, projected on the instruction's criterion "
-                "direction (argmax inherent consistency) and averaged over layers; higher = further towards "
-                "the criterion's positive prompt")
+        where = (
+            "averaged over the response tokens"
+            if self.read == "mean"
+            else "at the response's last token"
+        )
+        return (
+            f"the unsteered model's residual stream {where}, projected on the instruction's criterion "
+            "direction (argmax inherent consistency) and averaged over layers; higher = further towards "
+            "the criterion's positive prompt"
+        )
 
     def criteria_for(self, instructions: Sequence[str]) -> list[str]:
         """The argmax consistency criterion of each instruction (computed once per distinct instruction)."""
@@ -171,13 +199,22 @@ class InherentJudge:
             if len(self.direction_sets) == 1:
                 best = [next(iter(self.direction_sets))] * len(todo)
             else:
-                best = score_consistency(self.model, todo, list(self.direction_sets.values()),
-                                         batch_size=self.batch_size, progress=False).best_criterion
+                best = score_consistency(
+                    self.model,
+                    todo,
+                    list(self.direction_sets.values()),
+                    batch_size=self.batch_size,
+                    progress=False,
+                ).best_criterion
             self._criterion_of.update(zip(todo, best))
         return [self._criterion_of[d] for d in instructions]
 
     def score(
-        self, instructions: Sequence[str], responses: Sequence[str], *, criteria: Sequence[str] | None = None
+        self,
+        instructions: Sequence[str],
+        responses: Sequence[str],
+        *,
+        criteria: Sequence[str] | None = None,
     ) -> Scores:
         """Projection of each response on its criterion's direction (NaN for an empty response).
 
@@ -195,11 +232,21 @@ class InherentJudge:
         crit = list(criteria) if criteria is not None else self.criteria_for(instructions)
         unknown = sorted(set(crit) - set(self.direction_sets))
         if unknown:
-            raise ValueError(f"criteria {unknown} have no direction set; have {sorted(self.direction_sets)}")
+            raise ValueError(
+                f"criteria {unknown} have no direction set; have {sorted(self.direction_sets)}"
+            )
         self.last_criteria = crit
         need = sorted({x for c in set(crit) for x in self.layers[c]})
-        res = read_responses(self.model, instructions, responses, layers=need, site=self.site, read=self.read,
-                             batch_size=self.batch_size, nll=False)
+        res = read_responses(
+            self.model,
+            instructions,
+            responses,
+            layers=need,
+            site=self.site,
+            read=self.read,
+            batch_size=self.batch_size,
+            nll=False,
+        )
         out = np.full(n, np.nan)
         for c in sorted(set(crit)):
             rows = [i for i, x in enumerate(crit) if x == c]
@@ -221,8 +268,10 @@ class FluencyJudge:
 
     name = "fluency"
     kind: Literal["pointwise"] = "pointwise"
-    description = ("minus the mean negative log-likelihood per response token under the unsteered model, "
-                   "instruction in its chat template; higher = more fluent to the model")
+    description = (
+        "minus the mean negative log-likelihood per response token under the unsteered model, "
+        "instruction in its chat template; higher = more fluent to the model"
+    )
 
     def __init__(self, model: LensModel, *, batch_size: int = 8) -> None:
         self.model = model
@@ -235,5 +284,7 @@ class FluencyJudge:
     def score(self, instructions: Sequence[str], responses: Sequence[str]) -> Scores:
         if check_lengths(instructions, responses) == 0:
             return np.empty(0)
-        res = read_responses(self.model, instructions, responses, layers=[0], batch_size=self.batch_size, nll=True)
+        res = read_responses(
+            self.model, instructions, responses, layers=[0], batch_size=self.batch_size, nll=True
+        )
         return -res.nll.to(torch.float64).numpy()

@@ -31,7 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..directions.set import DirectionSet
+from icon2_lens.directions.set import DirectionSet
+
 from .reading import FluencyJudge, InherentJudge
 from .rules import DegenerationJudge, RefusalJudge
 from .self_judges import SelfPairwiseJudge, SelfRatingJudge
@@ -59,9 +60,16 @@ class JudgeSpec:
 JUDGES: dict[str, JudgeSpec] = {
     s.name: s
     for s in (
-        JudgeSpec("inherent", InherentJudge, "model+directions", "residual reading along the criterion direction"),
+        JudgeSpec(
+            "inherent",
+            InherentJudge,
+            "model+directions",
+            "residual reading along the criterion direction",
+        ),
         JudgeSpec("self_rating", SelfRatingJudge, "model", "the model's expected 1..scale rating"),
-        JudgeSpec("self_pairwise", SelfPairwiseJudge, "model", "the model's A/B choice, both orders"),
+        JudgeSpec(
+            "self_pairwise", SelfPairwiseJudge, "model", "the model's A/B choice, both orders"
+        ),
         JudgeSpec("fluency", FluencyJudge, "model", "minus mean NLL per response token"),
         JudgeSpec("degeneration", DegenerationJudge, "tokenizer", "1 usable, 0 empty or looping"),
         JudgeSpec("refusal", RefusalJudge, "nothing", "1 if the opening matches a refusal pattern"),
@@ -105,7 +113,9 @@ def make_judge(
     if spec.needs == "nothing":
         return spec.factory(**kw)
     if model is None:
-        raise ValueError(f"the {name!r} judge needs a model{' or a tokenizer' if spec.needs == 'tokenizer' else ''}")
+        raise ValueError(
+            f"the {name!r} judge needs a model{' or a tokenizer' if spec.needs == 'tokenizer' else ''}"
+        )
     if spec.needs == "model+directions":
         if not direction_sets:
             raise ValueError(

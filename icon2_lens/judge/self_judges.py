@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from .._types import LensModel
-from ..model._hf import forward_options
-from ..model.chat import encode_prompts, pad_left, render_chat
-from ..model.cost import count_forward
-from ..model.twin import fast_twin
+from icon2_lens._types import LensModel
+from icon2_lens.model._hf import forward_options
+from icon2_lens.model.chat import encode_prompts, pad_left, render_chat
+from icon2_lens.model.cost import count_forward
+from icon2_lens.model.twin import fast_twin
+
 from .base import Scores, check_lengths
 
 __all__ = ["SelfRatingJudge", "SelfPairwiseJudge", "RATING_TEMPLATE", "PAIRWISE_TEMPLATE"]
@@ -47,7 +48,9 @@ def _label_ids(tokenizer, context: str, labels: Sequence[str]) -> tuple[str, lis
         for label in labels:
             full = tokenizer(context + suffix + join + label, add_special_tokens=False)["input_ids"]
             if len(full) != len(base) + 1 or full[: len(base)] != base:
-                tried.append(f"{suffix!r} then {join + label!r}: {len(full) - len(base)} new tokens")
+                tried.append(
+                    f"{suffix!r} then {join + label!r}: {len(full) - len(base)} new tokens"
+                )
                 break
             ids.append(full[-1])
         else:
@@ -63,7 +66,12 @@ def _label_ids(tokenizer, context: str, labels: Sequence[str]) -> tuple[str, lis
 
 @torch.no_grad()
 def _next_token_logprobs(
-    model: LensModel, rows: Sequence[Sequence[int]], token_ids: Sequence[int], *, batch_size: int, backend: str
+    model: LensModel,
+    rows: Sequence[Sequence[int]],
+    token_ids: Sequence[int],
+    *,
+    batch_size: int,
+    backend: str,
 ) -> Float[np.ndarray, "n k"]:
     """Log-probabilities (over the whole vocabulary) of ``token_ids`` after each row's last token."""
     if backend not in ("auto", "fast", "bridge"):
@@ -79,8 +87,12 @@ def _next_token_logprobs(
         ids, mask = pad_left(model.tokenizer, [rows[i] for i in idx])
         if twin is not None:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = twin(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          **forward_options(twin, use_cache=False, last_logits_only=True)).logits[:, -1]
+            logits = twin(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                **forward_options(twin, use_cache=False, last_logits_only=True),
+            ).logits[:, -1]
         else:
             logits = model(ids, attention_mask=mask)[:, -1]
         count_forward(int(mask.sum()))
@@ -103,7 +115,9 @@ class _SelfJudge:
         self.backend = backend
         self.last_label_mass: float = float("nan")
         tok = model.tokenizer
-        self._suffix, self._ids = _label_ids(tok, render_chat(tok, "instruction") + self.opener, self.labels)
+        self._suffix, self._ids = _label_ids(
+            tok, render_chat(tok, "instruction") + self.opener, self.labels
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -113,11 +127,16 @@ class _SelfJudge:
         tok = self.model.tokenizer
         texts = [render_chat(tok, p) + self.opener + self._suffix for p in prompts]
         rows = encode_prompts(tok, texts, max_len=getattr(self.model.cfg, "n_ctx", None))
-        logp = _next_token_logprobs(self.model, rows, self._ids, batch_size=self.batch_size, backend=self.backend)
+        logp = _next_token_logprobs(
+            self.model, rows, self._ids, batch_size=self.batch_size, backend=self.backend
+        )
         self.last_label_mass = float(np.exp(logp).sum(axis=1).mean())
         if self.last_label_mass < 0.1:
-            log.info("%s: the labels get only %.3f of the next-token mass on average; the verdicts are weak",
-                     type(self).__name__, self.last_label_mass)
+            log.info(
+                "%s: the labels get only %.3f of the next-token mass on average; the verdicts are weak",
+                type(self).__name__,
+                self.last_label_mass,
+            )
         return logp
 
 
@@ -190,7 +209,9 @@ class SelfRatingJudge(_SelfJudge):
     ) -> None:
         if labels is None:
             if not 2 <= scale <= 9:
-                raise ValueError(f"scale must be in 2..9 for one-digit ratings, got {scale}; or pass labels=[...]")
+                raise ValueError(
+                    f"scale must be in 2..9 for one-digit ratings, got {scale}; or pass labels=[...]"
+                )
             labels = [str(k) for k in range(1, scale + 1)]
         if len(labels) != scale:
             raise ValueError(f"{len(labels)} labels for a 1..{scale} scale")
@@ -201,19 +222,26 @@ class SelfRatingJudge(_SelfJudge):
 
     @property
     def description(self) -> str:
-        return (f"the judged model's own expected rating 1-{self.scale} of the response, read from its "
-                "next-token probabilities after a rating prompt; higher = rated better by the model")
+        return (
+            f"the judged model's own expected rating 1-{self.scale} of the response, read from its "
+            "next-token probabilities after a rating prompt; higher = rated better by the model"
+        )
 
     def prompt(self, instruction: str, response: str) -> str:
         """The user turn of the judgement prompt for one response."""
-        return self.template.format(low=self.labels[0], high=self.labels[-1], instruction=instruction,
-                                    response=response)
+        return self.template.format(
+            low=self.labels[0], high=self.labels[-1], instruction=instruction, response=response
+        )
 
-    def distribution(self, instructions: Sequence[str], responses: Sequence[str]) -> Float[np.ndarray, "n k"]:
+    def distribution(
+        self, instructions: Sequence[str], responses: Sequence[str]
+    ) -> Float[np.ndarray, "n k"]:
         """``[n, scale]`` probabilities of each rating (renormalised over the rating tokens)."""
         if check_lengths(instructions, responses) == 0:
             return np.empty((0, self.scale))
-        return _renormalise(self._label_logprobs([self.prompt(i, r) for i, r in zip(instructions, responses)]))
+        return _renormalise(
+            self._label_logprobs([self.prompt(i, r) for i, r in zip(instructions, responses)])
+        )
 
     def score(self, instructions: Sequence[str], responses: Sequence[str]) -> Scores:
         """Expected rating of each response, in ``[1, scale]``."""
@@ -266,13 +294,20 @@ class SelfPairwiseJudge(_SelfJudge):
 
     @property
     def description(self) -> str:
-        return ("the judged model's own choice between the two responses, P(first label) vs P(second) at "
-                "the next token, averaged over both presentation orders; higher = response a preferred")
+        return (
+            "the judged model's own choice between the two responses, P(first label) vs P(second) at "
+            "the next token, averaged over both presentation orders; higher = response a preferred"
+        )
 
     def prompt(self, instruction: str, first: str, second: str) -> str:
         """The user turn of the judgement prompt, ``first`` shown as the first label's response."""
-        return self.template.format(label_a=self.labels[0], label_b=self.labels[1], instruction=instruction,
-                                    response_a=first, response_b=second)
+        return self.template.format(
+            label_a=self.labels[0],
+            label_b=self.labels[1],
+            instruction=instruction,
+            response_a=first,
+            response_b=second,
+        )
 
     def prefer(
         self, instructions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]

@@ -22,7 +22,9 @@ def accepts(net: Any, name: str) -> bool:
     return name in _forward_parameters(type(net))
 
 
-def forward_options(net: Any, *, cache: Any = None, use_cache: bool, last_logits_only: bool = False) -> dict[str, Any]:
+def forward_options(
+    net: Any, *, cache: Any = None, use_cache: bool, last_logits_only: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for ``net.forward`` with a KV cache (or none) under this release's names.
 
     Args:

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .._types import Message
+from icon2_lens._types import Message
 
 __all__ = [
     "require_chat_template",
@@ -89,7 +89,9 @@ def render_chat(
         )
 
 
-def encode_prompts(tokenizer, texts: Sequence[str], *, max_len: int | None = None) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, texts: Sequence[str], *, max_len: int | None = None
+) -> list[list[int]]:
     """Token ids of rendered prompts, without added special tokens (the template holds them).
 
     Raises:
@@ -108,7 +110,9 @@ def encode_prompts(tokenizer, texts: Sequence[str], *, max_len: int | None = Non
     return rows
 
 
-def pad_left(tokenizer, rows: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+def pad_left(
+    tokenizer, rows: Sequence[Sequence[int]]
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Left-pad token id lists into ``(ids, attention_mask)``; the last real token ends each row.
 
     Padding is done here rather than by the tokenizer so that one without a pad token works too
@@ -122,8 +126,8 @@ def pad_left(tokenizer, rows: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "bat
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row) :] = 1
     return ids, mask
 
 

@@ -21,11 +21,19 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._types import LensModel
+from icon2_lens._types import LensModel
+
 from .chat import encode_prompts, pad_left
 from .cost import count_forward
-from .twin import FAST_SITES, block_modules, common_prefix_len, fast_twin, prefix_cache, twin_residuals
 from .hooks import check_site, normalize_layers, resid_hook_name, validate_hook_names
+from .twin import (
+    FAST_SITES,
+    block_modules,
+    common_prefix_len,
+    fast_twin,
+    prefix_cache,
+    twin_residuals,
+)
 
 __all__ = ["collect_resid", "MIN_SHARED_PREFIX"]
 
@@ -100,7 +108,9 @@ def collect_resid(
     tokenizer = model.tokenizer
     n_ctx = getattr(model.cfg, "n_ctx", None)
 
-    encoded = encode_prompts(tokenizer, texts, max_len=n_ctx)  # tokenized once, checked against n_ctx
+    encoded = encode_prompts(
+        tokenizer, texts, max_len=n_ctx
+    )  # tokenized once, checked against n_ctx
     order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
     stop_at = layer_list[-1] + 1 if layer_list[-1] + 1 < n_layers else None
     out = torch.empty(len(texts), len(layer_list), model.cfg.d_model, dtype=torch.float32)
@@ -114,11 +124,17 @@ def collect_resid(
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         with torch.inference_mode():
             shared = common_prefix_len(encoded) if share_prefix else 0
-            prefix = (prefix_cache(twin, encoded[0][:shared]), shared) if shared >= MIN_SHARED_PREFIX else None
+            prefix = (
+                (prefix_cache(twin, encoded[0][:shared]), shared)
+                if shared >= MIN_SHARED_PREFIX
+                else None
+            )
             cut = prefix[1] if prefix is not None else 0
             for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
                 ids, mask = pad_left(tokenizer, [encoded[i][cut:] for i in batch])
-                out[torch.tensor(batch)] = twin_residuals(model, twin, ids, mask, layer_list, site, prefix=prefix)
+                out[torch.tensor(batch)] = twin_residuals(
+                    model, twin, ids, mask, layer_list, site, prefix=prefix
+                )
         return out
 
     rows: dict[str, Tensor] = {}
@@ -130,9 +146,16 @@ def collect_resid(
         for k, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
             ids, mask = pad_left(tokenizer, [encoded[i] for i in batch])
             rows["current"] = torch.tensor(batch)
-            model(ids.to(device), attention_mask=mask.to(device), return_type=None, stop_at_layer=stop_at)
+            model(
+                ids.to(device),
+                attention_mask=mask.to(device),
+                return_type=None,
+                stop_at_layer=stop_at,
+            )
             count_forward(int(mask.sum()))
             if any(f != k + 1 for f in fired):
-                raise RuntimeError(f"a residual hook fired {fired} times after {k + 1} forward passes")
+                raise RuntimeError(
+                    f"a residual hook fired {fired} times after {k + 1} forward passes"
+                )
     logger.debug("cached %d prompts at %d layers (%s)", len(texts), len(layer_list), site)
     return out

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._config import documented, option
-from .._types import LensModel
+from icon2_lens._config import documented, option
+from icon2_lens._types import LensModel
+
 from ._hf import forward_options, output_cache
 from .chat import encode_prompts, pad_left, user_turn_template
 from .cost import count_forward
@@ -64,14 +65,22 @@ BACKENDS: tuple[str, ...] = ("auto", "fast", "bridge")
 class Decoding:
     """Decoding settings (recorded with every output). Both ``use_cache`` settings give the same tokens."""
 
-    max_new_tokens: int = option(128, help="generation budget per row (a row that reaches it is marked unfinished)")
+    max_new_tokens: int = option(
+        128, help="generation budget per row (a row that reaches it is marked unfinished)"
+    )
     do_sample: bool = option(False, help="sample instead of greedy decoding")
     temperature: float = option(1.0, help="sampling temperature")
     top_p: float = option(1.0, help="nucleus sampling mass")
-    seed: int = option(0, help="base seed; row i samples from a generator seeded with (seed, row seed i)")
+    seed: int = option(
+        0, help="base seed; row i samples from a generator seeded with (seed, row seed i)"
+    )
     use_cache: bool = option(True, help="use a KV cache", cli=False)
-    stop: bool = option(True, help="stop each row at the end of its turn (False: exactly max_new_tokens, "
-                                   "for benchmarks at fixed lengths)", cli=False)
+    stop: bool = option(
+        True,
+        help="stop each row at the end of its turn (False: exactly max_new_tokens, "
+        "for benchmarks at fixed lengths)",
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -137,7 +146,11 @@ def _choose_backend(model: LensModel, editors: Sequence[ResidualEditor], backend
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "bridge":
         return None
-    sites_ok = all(name.endswith(("hook_resid_pre", "hook_resid_post")) for e in editors for name in e.hook_names)
+    sites_ok = all(
+        name.endswith(("hook_resid_pre", "hook_resid_post"))
+        for e in editors
+        for name in e.hook_names
+    )
     twin = fast_twin(model) if sites_ok else None
     if twin is not None and block_modules(model, twin) is None:
         twin = None
@@ -198,17 +211,29 @@ def _generate_batch(
             if decoding.use_cache:
                 x = seq if step == 0 else seq[:, -1:]
                 pos = positions if step == 0 else positions[:, -1:]
-                result = net(input_ids=x, attention_mask=mask, position_ids=pos,
-                             **forward_options(net, cache=cache, use_cache=True, last_logits_only=True))
+                result = net(
+                    input_ids=x,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    **forward_options(net, cache=cache, use_cache=True, last_logits_only=True),
+                )
                 cache = output_cache(result)
                 count_forward(int(mask.sum()) if step == 0 else x.shape[0], generated=x.shape[0])
             else:
-                result = net(input_ids=seq, attention_mask=mask, position_ids=positions,
-                             **forward_options(net, use_cache=False, last_logits_only=True))
+                result = net(
+                    input_ids=seq,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    **forward_options(net, use_cache=False, last_logits_only=True),
+                )
                 count_forward(int(mask.sum()), generated=seq.shape[0])
             logits = result.logits[:, -1, :]
             token = _pick(logits, decoding, [generators[i] for i in active.tolist()])
-            done = torch.isin(token, stop_tensor) if decoding.stop else torch.zeros_like(token, dtype=torch.bool)
+            done = (
+                torch.isin(token, stop_tensor)
+                if decoding.stop
+                else torch.zeros_like(token, dtype=torch.bool)
+            )
             for j, row in enumerate(active.tolist()):
                 if done[j]:
                     finished[row] = True

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from .._types import SITES, LensModel
+from icon2_lens._types import SITES, LensModel
 
 __all__ = [
     "resid_hook_name",
@@ -71,7 +71,7 @@ def split_hook_name(name: str) -> tuple[int, str]:
     parts = name.split(".")
     if len(parts) != 3 or parts[0] != "blocks" or not parts[2].startswith("hook_"):
         raise ValueError(f"{name!r} is not a residual hook name such as 'blocks.3.hook_resid_post'")
-    return int(parts[1]), check_site(parts[2][len("hook_"):])
+    return int(parts[1]), check_site(parts[2][len("hook_") :])
 
 
 def normalize_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
@@ -198,7 +198,9 @@ class ResidualEditor(Protocol):
         """Raise a ``ValueError`` (before any work) if the editor cannot edit ``n_rows`` rows of ``model``."""
         ...
 
-    def bind(self, rows: RowSelection, row_ids: Sequence[int], prompt_len: int) -> list[tuple[str, ResidualFn]]:
+    def bind(
+        self, rows: RowSelection, row_ids: Sequence[int], prompt_len: int
+    ) -> list[tuple[str, ResidualFn]]:
         """The ``(hook_name, fn)`` edits of one batch."""
         ...
 
@@ -208,7 +210,9 @@ POSITIONS: tuple[str, ...] = ("all", "generated")
 position, whose output is the first generated token)."""
 
 
-def edit_start(positions: str, resid: Tensor, prompt_len: int | None, first_call: bool) -> int | None:
+def edit_start(
+    positions: str, resid: Tensor, prompt_len: int | None, first_call: bool
+) -> int | None:
     """First position an edit with ``positions`` touches in this forward call (``None``: all of them).
 
     ``all`` edits every position of every call. ``generated`` edits the last prompt position and
@@ -223,4 +227,3 @@ def edit_start(positions: str, resid: Tensor, prompt_len: int | None, first_call
     if positions == "all" or (resid.shape[1] == 1 and not first_call):
         return None
     return max(0, int(prompt_len or 0) - 1)
-

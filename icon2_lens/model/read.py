@@ -22,7 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._types import Directions, LensModel
+from icon2_lens._types import Directions, LensModel
+
 from ._hf import accepts, forward_options
 from .chat import pad_left, render_chat
 from .cost import count_forward
@@ -57,7 +58,9 @@ class ResponseReadings:
     nll: Float[Tensor, " n"]
     n_tokens: Float[Tensor, " n"]
 
-    def project(self, directions: Directions, layers: Sequence[int] | None = None) -> Float[Tensor, " n"]:
+    def project(
+        self, directions: Directions, layers: Sequence[int] | None = None
+    ) -> Float[Tensor, " n"]:
         """Mean over ``layers`` (default: all read layers in the set) of reading · u_l, per response."""
         use = [x for x in self.layers if x in directions.layers] if layers is None else list(layers)
         missing = [x for x in use if x not in self.layers]
@@ -70,14 +73,18 @@ class ResponseReadings:
 
 def _rows(model: LensModel, instructions: Sequence[str], responses: Sequence[str]):
     tok = model.tokenizer
-    prompts = [tok(render_chat(tok, d), add_special_tokens=False)["input_ids"] for d in instructions]
+    prompts = [
+        tok(render_chat(tok, d), add_special_tokens=False)["input_ids"] for d in instructions
+    ]
     answers = [tok(r, add_special_tokens=False)["input_ids"] if r else [] for r in responses]
     n_ctx = getattr(model.cfg, "n_ctx", None)
     rows = []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         row = p + a
         if n_ctx and len(row) > n_ctx:
-            raise ValueError(f"response {i} with its prompt is {len(row)} tokens, longer than the context ({n_ctx})")
+            raise ValueError(
+                f"response {i} with its prompt is {len(row)} tokens, longer than the context ({n_ctx})"
+            )
         rows.append(row)
     return rows, answers
 
@@ -106,8 +113,12 @@ def _forward_twin(model, twin, ids, mask, layers, site, keep):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if keep == 0:
             try:
-                twin.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                **forward_options(twin.base_model, use_cache=False))
+                twin.base_model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    **forward_options(twin.base_model, use_cache=False),
+                )
             except StopForward:
                 pass
             return got, None
@@ -134,8 +145,12 @@ def _forward_bridge(model, ids, mask, layers, site, keep):
     with model.hooks(fwd_hooks=names):
         if keep == 0:
             stop = max(layers) + 1
-            model(ids, attention_mask=mask, return_type=None,
-                  stop_at_layer=stop if stop < model.cfg.n_layers else None)
+            model(
+                ids,
+                attention_mask=mask,
+                return_type=None,
+                stop_at_layer=stop if stop < model.cfg.n_layers else None,
+            )
             return got, None
         logits = model(ids, attention_mask=mask)
     return got, logits[:, -keep:]
@@ -190,7 +205,9 @@ def read_responses(
     if twin is not None and block_modules(model, twin) is None:
         twin = None
     if twin is None and backend == "fast":
-        raise ValueError("the fast backend is not available for this model or site; use backend='bridge'")
+        raise ValueError(
+            "the fast backend is not available for this model or site; use backend='bridge'"
+        )
     rows, answers = _rows(model, instructions, responses)
     readings = torch.zeros(n, len(layers), model.cfg.d_model)
     nlls = torch.full((n,), float("nan"))

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._types import LensModel
+from icon2_lens._types import LensModel
+
 from ._hf import forward_options, output_cache
 from .cost import count_forward
 from .hooks import ResidualFn, as_tl_hook, split_hook_name
@@ -121,7 +122,9 @@ def block_modules(model: LensModel, twin: torch.nn.Module) -> torch.nn.ModuleLis
     return layers
 
 
-def register_site_hook(layer_module: torch.nn.Module, site: str, fn: Callable[[Tensor], Tensor | None]):
+def register_site_hook(
+    layer_module: torch.nn.Module, site: str, fn: Callable[[Tensor], Tensor | None]
+):
     """Register ``fn`` on the residual stream at ``site`` of one decoder layer; returns the handle.
 
     ``fn`` receives the residual tensor (the layer's output for ``resid_post``, its input for

@@ -41,12 +41,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import read_json, write_json
-from .._types import LensModel
-from ..directions.criteria import Criterion
-from ..directions.set import DirectionSet
-from ..model.chat import encode_prompts, render_chat
-from ..model.generate import generate_rows
+from icon2_lens._files import read_json, write_json
+from icon2_lens._types import LensModel
+from icon2_lens.directions.criteria import Criterion
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.model.generate import generate_rows
+
 from .common import BaselineConfig, baseline_settings, provenance, run_batches, spent, with_cost
 from .icon2 import PairConfig, generate_pairs
 from .ranking import check_judge, make_sampling_ranking_pairs, make_self_rewarding_pairs
@@ -130,32 +131,60 @@ def make_sp_pairs(
             f"no system prompts for criteria {missing}; pass their Criterion objects "
             "(icon2_lens.directions.criteria.get_criteria or load_criteria_file)"
         )
-    settings = baseline_settings(model, "sp", config,
-                         criteria={name: c.to_dict() for name, c in sorted(crits.items())})
+    settings = baseline_settings(
+        model, "sp", config, criteria={name: c.to_dict() for name, c in sorted(crits.items())}
+    )
     store = PairStore(out, settings, ids)
     prov_common = provenance("sp", settings, config.greedy_decoding)
     tok, n_ctx = model.tokenizer, getattr(model.cfg, "n_ctx", None)
 
-    def make_batch(batch: list[KeptInstruction]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        prompts = [render_chat(tok, k.instruction, system=crits[k.criterion].positive) for k in batch]
-        prompts += [render_chat(tok, k.instruction, system=crits[k.criterion].negative) for k in batch]
+    def make_batch(
+        batch: list[KeptInstruction],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        prompts = [
+            render_chat(tok, k.instruction, system=crits[k.criterion].positive) for k in batch
+        ]
+        prompts += [
+            render_chat(tok, k.instruction, system=crits[k.criterion].negative) for k in batch
+        ]
         rows = encode_prompts(tok, prompts, max_len=n_ctx)
-        gens = generate_rows(model, rows, config.greedy_decoding, row_seeds=[k.index for k in batch] * 2,
-                             backend=config.backend)
+        gens = generate_rows(
+            model,
+            rows,
+            config.greedy_decoding,
+            row_seeds=[k.index for k in batch] * 2,
+            backend=config.backend,
+        )
         pairs, drops = [], []
         for j, item in enumerate(batch):
             c, r = gens[j], gens[len(batch) + j]
-            sort_pair(item, c, r, {
-                **prov_common,
-                "icon2_chosen_finished": c.finished,
-                "icon2_rejected_finished": r.finished,
-                "icon2_generated_samples": 2,
-                "icon2_generated_tokens": spent(c) + spent(r),
-            }, config.max_repetition, pairs, drops)
+            sort_pair(
+                item,
+                c,
+                r,
+                {
+                    **prov_common,
+                    "icon2_chosen_finished": c.finished,
+                    "icon2_rejected_finished": r.finished,
+                    "icon2_generated_samples": 2,
+                    "icon2_generated_tokens": spent(c) + spent(r),
+                },
+                config.max_repetition,
+                pairs,
+                drops,
+            )
         return pairs, drops
 
-    return run_batches(store, kept, config.batch_size, make_batch, desc="sp pairs", progress=progress, limit=limit,
-                tokenizer=tok)
+    return run_batches(
+        store,
+        kept,
+        config.batch_size,
+        make_batch,
+        desc="sp pairs",
+        progress=progress,
+        limit=limit,
+        tokenizer=tok,
+    )
 
 
 def make_icon2_unfiltered_pairs(
@@ -212,8 +241,17 @@ def make_icon2_unfiltered_pairs(
                 "or pool); choose another output directory or delete it to start over"
             )
         write_json(want, sample_path)
-    result = generate_pairs(model, sample, direction_sets, pair_config, intervals=intervals, out=out,
-                            progress=progress, limit=limit, source="icon2_unfiltered")
+    result = generate_pairs(
+        model,
+        sample,
+        direction_sets,
+        pair_config,
+        intervals=intervals,
+        out=out,
+        progress=progress,
+        limit=limit,
+        source="icon2_unfiltered",
+    )
     return with_cost(result, model.tokenizer)
 
 
@@ -272,19 +310,48 @@ def make_pairs(
             raise ValueError(f"pair source {source!r} needs {what}: {hint}")
 
     if source in ("icon2", "icon2_unfiltered"):
-        need(direction_sets, "direction_sets", "the criterion directions (icon2_lens.directions.extract.load_extraction)")
+        need(
+            direction_sets,
+            "direction_sets",
+            "the criterion directions (icon2_lens.directions.extract.load_extraction)",
+        )
     if source == "icon2":
-        result = generate_pairs(model, kept, direction_sets, pair_config, intervals=intervals, out=out,
-                                progress=progress, limit=limit, source="icon2")
+        result = generate_pairs(
+            model,
+            kept,
+            direction_sets,
+            pair_config,
+            intervals=intervals,
+            out=out,
+            progress=progress,
+            limit=limit,
+            source="icon2",
+        )
         return with_cost(result, model.tokenizer)
     if source == "icon2_unfiltered":
         need(n, "n", "how many instructions to sample from the pool")
-        return make_icon2_unfiltered_pairs(model, kept, n, direction_sets, pair_config, seed=seed,
-                                           intervals=intervals, out=out, progress=progress, limit=limit)
+        return make_icon2_unfiltered_pairs(
+            model,
+            kept,
+            n,
+            direction_sets,
+            pair_config,
+            seed=seed,
+            intervals=intervals,
+            out=out,
+            progress=progress,
+            limit=limit,
+        )
     if source == "sp":
-        need(criteria, "criteria", "the criteria's system prompts (icon2_lens.directions.criteria.get_criteria())")
+        need(
+            criteria,
+            "criteria",
+            "the criteria's system prompts (icon2_lens.directions.criteria.get_criteria())",
+        )
         return make_sp_pairs(model, kept, criteria, config, out=out, progress=progress, limit=limit)
     need(judge, "a judge", "a pointwise judge with name, description, kind='pointwise' and score()")
     check_judge(judge, source)
-    make = make_sampling_ranking_pairs if source == "sampling_ranking" else make_self_rewarding_pairs
+    make = (
+        make_sampling_ranking_pairs if source == "sampling_ranking" else make_self_rewarding_pairs
+    )
     return make(model, kept, judge, config, out=out, progress=progress, limit=limit)

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from .._config import documented, option
-from .._types import LensModel
-from ..model.generate import BACKENDS, Decoding, Generation
-from ..model.load import model_fingerprint
+from icon2_lens._config import documented, option
+from icon2_lens._types import LensModel
+from icon2_lens.model.generate import BACKENDS, Decoding, Generation
+from icon2_lens.model.load import model_fingerprint
+
 from .records import KeptInstruction, PairsResult
 from .store import PairStore
 
@@ -54,19 +55,36 @@ class BaselineConfig:
         ValueError: n_samples must be an integer >= 2 (best and worst of several samples), got 1
     """
 
-    n_samples: int = option(5, help="samples per instruction for the ranking sources (the papers' baselines use 5)")
+    n_samples: int = option(
+        5, help="samples per instruction for the ranking sources (the papers' baselines use 5)"
+    )
     temperature: float = option(0.8, help="sampling temperature of those samples")
     top_p: float = option(0.95, help="nucleus mass of those samples")
-    max_new_tokens: int = option(128, help="answer budget in tokens (samples and system-prompt answers)")
+    max_new_tokens: int = option(
+        128, help="answer budget in tokens (samples and system-prompt answers)"
+    )
     seed: int = option(0, help="decoding seed")
-    sp_do_sample: bool = option(False, help="sample the system-prompt (sp) answers too instead of greedy decoding; "
-                                            "chosen and rejected then share their instruction's seed")
-    batch_size: int = option(8, help="instructions per batch (n_samples rows each for ranking, two for sp)")
-    max_repetition: float = option(0.5, help="repeated-4-gram rate above which a response counts as degenerate")
-    backend: Literal["auto", "fast", "bridge"] = option("auto", help="generation backend; does not change results")
+    sp_do_sample: bool = option(
+        False,
+        help="sample the system-prompt (sp) answers too instead of greedy decoding; "
+        "chosen and rejected then share their instruction's seed",
+    )
+    batch_size: int = option(
+        8, help="instructions per batch (n_samples rows each for ranking, two for sp)"
+    )
+    max_repetition: float = option(
+        0.5, help="repeated-4-gram rate above which a response counts as degenerate"
+    )
+    backend: Literal["auto", "fast", "bridge"] = option(
+        "auto", help="generation backend; does not change results"
+    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 2:
+        if (
+            isinstance(self.n_samples, bool)
+            or not isinstance(self.n_samples, int)
+            or self.n_samples < 2
+        ):
             raise ValueError(
                 f"n_samples must be an integer >= 2 (best and worst of several samples), got {self.n_samples!r}"
             )
@@ -81,8 +99,13 @@ class BaselineConfig:
     @property
     def sample_decoding(self) -> Decoding:
         """The decoding of the ranking sources' samples (always sampling)."""
-        return Decoding(do_sample=True, temperature=self.temperature, top_p=self.top_p,
-                        max_new_tokens=self.max_new_tokens, seed=self.seed)
+        return Decoding(
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
 
     @property
     def greedy_decoding(self) -> Decoding:
@@ -96,9 +119,12 @@ class BaselineConfig:
 
         The batch size and backend never change them and are left out.
         """
-        out: dict[str, Any] = {"n_samples": self.n_samples, "sample_decoding": self.sample_decoding.to_dict(),
-                               "greedy_decoding": self.greedy_decoding.to_dict(),
-                               "max_repetition": self.max_repetition}
+        out: dict[str, Any] = {
+            "n_samples": self.n_samples,
+            "sample_decoding": self.sample_decoding.to_dict(),
+            "greedy_decoding": self.greedy_decoding.to_dict(),
+            "max_repetition": self.max_repetition,
+        }
         if source == "sp":
             del out["n_samples"], out["sample_decoding"]
         elif source in ("sampling_ranking", "self_rewarding"):
@@ -131,7 +157,9 @@ def spent(g: Generation) -> int:
     return len(g.token_ids) + int(g.finished)
 
 
-def baseline_settings(model: LensModel, source: str, config: BaselineConfig, **extra: Any) -> dict[str, Any]:
+def baseline_settings(
+    model: LensModel, source: str, config: BaselineConfig, **extra: Any
+) -> dict[str, Any]:
     return {
         "format": PAIRS_FORMAT,
         "source": source,
@@ -159,15 +187,18 @@ def run_batches(
     store: PairStore,
     kept: Sequence[KeptInstruction],
     batch_size: int,
-    make_batch: Callable[[list[KeptInstruction]], tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+    make_batch: Callable[
+        [list[KeptInstruction]], tuple[list[dict[str, Any]], list[dict[str, Any]]]
+    ],
     *,
     desc: str,
     progress: bool,
     limit: int | None,
     tokenizer: Any,
 ) -> PairsResult:
-    for n_batch, batch in enumerate(tqdm(store.todo(kept, batch_size), desc=desc, unit="batch",
-                                         disable=not progress)):
+    for n_batch, batch in enumerate(
+        tqdm(store.todo(kept, batch_size), desc=desc, unit="batch", disable=not progress)
+    ):
         if limit is not None and n_batch >= limit:
             break
         store.add(*make_batch(batch))
@@ -191,7 +222,9 @@ def with_cost(result: PairsResult, tokenizer: Any) -> PairsResult:
         judged += r.get("icon2_judged", 0)
         degenerate += r.get("icon2_degenerate_samples", 0)
         unscorable += r.get("icon2_unscorable_samples", 0)
-    result.counts.update(samples=samples, generated_tokens=tokens, generated_tokens_exact=exact, judged=judged)
+    result.counts.update(
+        samples=samples, generated_tokens=tokens, generated_tokens_exact=exact, judged=judged
+    )
     if any("icon2_n_samples" in r for r in result.records + result.dropped):
         result.counts["degenerate_sample_rate"] = degenerate / samples if samples else float("nan")
         result.counts["unscorable_sample_rate"] = unscorable / samples if samples else float("nan")

@@ -36,13 +36,14 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from .._config import documented, option
-from .._types import LensModel
-from ..directions.set import DirectionSet, direction_set_id
-from ..directions.steer import SteeringSpec
-from ..model.chat import encode_prompts, render_chat
-from ..model.generate import Decoding, generate_rows
-from ..model.load import check_fits, model_fingerprint
+from icon2_lens._config import documented, option
+from icon2_lens._types import LensModel
+from icon2_lens.directions.set import DirectionSet, direction_set_id
+from icon2_lens.directions.steer import SteeringSpec
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.model.generate import Decoding, generate_rows
+from icon2_lens.model.load import check_fits, model_fingerprint
+
 from .records import KeptInstruction, PairsResult, sort_pair
 from .store import PairStore, check_kept
 
@@ -68,25 +69,43 @@ DEFAULT_LAYERS: tuple[int, ...] = tuple(range(13, 23))
 class PairConfig:
     """How Icon² pairs are made; what changes the pairs is recorded in ``settings.json`` and each record."""
 
-    gamma_pos: float = option(DEFAULT_GAMMA_POS, help="γ⁺ of the chosen answer (positive; sweep-chosen on SmolLM2)")
-    gamma_neg: float = option(DEFAULT_GAMMA_NEG, help="γ⁻ of the rejected answer (negative; sweep-chosen on SmolLM2)")
+    gamma_pos: float = option(
+        DEFAULT_GAMMA_POS, help="γ⁺ of the chosen answer (positive; sweep-chosen on SmolLM2)"
+    )
+    gamma_neg: float = option(
+        DEFAULT_GAMMA_NEG, help="γ⁻ of the rejected answer (negative; sweep-chosen on SmolLM2)"
+    )
     layers: tuple[int, ...] | None = option(
-        DEFAULT_LAYERS, layers="criterion",
+        DEFAULT_LAYERS,
+        layers="criterion",
         help="control interval steered for every criterion (sweep-chosen on SmolLM2); "
-             "'criterion' = each criterion's recommended interval from the extraction")
+        "'criterion' = each criterion's recommended interval from the extraction",
+    )
     unit: Literal["relative", "absolute"] = option(
-        "relative", help="relative: γ × the layer's mean residual norm; absolute: γ × the unit vector")
+        "relative",
+        help="relative: γ × the layer's mean residual norm; absolute: γ × the unit vector",
+    )
     positions: Literal["all", "generated"] = option(
-        "all", help="steered positions: all (prompt and answer) or generated (from the last prompt token on)")
+        "all",
+        help="steered positions: all (prompt and answer) or generated (from the last prompt token on)",
+    )
     max_new_tokens: int = option(128, help="answer budget in tokens")
-    do_sample: bool = option(False, aliases=("--sample",), help="seeded sampling instead of greedy decoding")
+    do_sample: bool = option(
+        False, aliases=("--sample",), help="seeded sampling instead of greedy decoding"
+    )
     temperature: float = option(1.0, help="sampling temperature (with do_sample)")
     top_p: float = option(1.0, help="nucleus mass (with do_sample)")
     seed: int = option(0, help="decoding seed (row i samples from (seed, instruction index))")
-    batch_size: int = option(8, help="instructions per batch (twice as many rows); does not change the pairs")
-    max_repetition: float = option(0.5, help="repeated-4-gram rate above which an answer counts as degenerate")
+    batch_size: int = option(
+        8, help="instructions per batch (twice as many rows); does not change the pairs"
+    )
+    max_repetition: float = option(
+        0.5, help="repeated-4-gram rate above which an answer counts as degenerate"
+    )
     backend: Literal["auto", "fast", "bridge"] = option(
-        "auto", help="generation backend (auto: the SDPA twin when possible); does not change the pairs")
+        "auto",
+        help="generation backend (auto: the SDPA twin when possible); does not change the pairs",
+    )
 
     def __post_init__(self) -> None:
         for name in ("gamma_pos", "gamma_neg"):
@@ -102,8 +121,13 @@ class PairConfig:
     @property
     def decoding(self) -> Decoding:
         """The decoding of both answers (chosen and rejected share each instruction's seed)."""
-        return Decoding(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
-                        top_p=self.top_p, seed=self.seed)
+        return Decoding(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+        )
 
     def settings(self) -> dict[str, Any]:
         """The settings that change the pairs (the batch size and backend do not)."""
@@ -119,7 +143,9 @@ class PairConfig:
 
 
 def _resolve_layers(
-    config: PairConfig, sets: Mapping[str, DirectionSet], intervals: Mapping[str, Sequence[int]] | None,
+    config: PairConfig,
+    sets: Mapping[str, DirectionSet],
+    intervals: Mapping[str, Sequence[int]] | None,
     n_layers: int,
 ) -> dict[str, list[int]]:
     out = {}
@@ -142,7 +168,9 @@ def _resolve_layers(
     return out
 
 
-def _settings_doc(model: LensModel, config: PairConfig, sets, layers, source: str = "icon2") -> dict[str, Any]:
+def _settings_doc(
+    model: LensModel, config: PairConfig, sets, layers, source: str = "icon2"
+) -> dict[str, Any]:
     return {
         "format": "icon2-lens pairs v1",
         "source": source,
@@ -198,13 +226,21 @@ def generate_pairs(
     if missing:
         raise ValueError(f"no direction set for criteria {missing}; extract them first")
     for ds in sets.values():
-        check_fits(model, what=f"the {ds.criterion!r} direction set", d_model=ds.d_model, layers=ds.layers,
-                   origin=ds.meta.get("model_name"), check_fingerprint=False,
-                   fix="extract directions for this model with 'icon2-lens extract'")
+        check_fits(
+            model,
+            what=f"the {ds.criterion!r} direction set",
+            d_model=ds.d_model,
+            layers=ds.layers,
+            origin=ds.meta.get("model_name"),
+            check_fingerprint=False,
+            fix="extract directions for this model with 'icon2-lens extract'",
+        )
     layers = _resolve_layers(config, sets, intervals, model.cfg.n_layers)
     settings = _settings_doc(model, config, sets, layers, source)
     # files from before the source field are Icon² pairs
-    store = PairStore(out, settings, ids, defaults={"source": "icon2"}, fill={"icon2_source": "icon2"})
+    store = PairStore(
+        out, settings, ids, defaults={"source": "icon2"}, fill={"icon2_source": "icon2"}
+    )
 
     n_ctx = getattr(model.cfg, "n_ctx", None)
     todo = store.todo(kept, config.batch_size)
@@ -231,13 +267,25 @@ def generate_pairs(
             gammas = [config.gamma_pos if item.criterion == name else 0.0 for item in batch]
             gammas += [config.gamma_neg if item.criterion == name else 0.0 for item in batch]
             specs.append(
-                SteeringSpec(directions=sets[name], gamma=gammas, layers=layers[name], unit=config.unit,
-                             positions=config.positions, prompt_len=1)
+                SteeringSpec(
+                    directions=sets[name],
+                    gamma=gammas,
+                    layers=layers[name],
+                    unit=config.unit,
+                    positions=config.positions,
+                    prompt_len=1,
+                )
             )
         # chosen and rejected share a seed: with sampling, the only difference between them is γ
         seeds = [item.index for item in batch] * 2
-        gens = generate_rows(model, rows + rows, config.decoding, steering=specs, row_seeds=seeds,
-                             backend=config.backend)
+        gens = generate_rows(
+            model,
+            rows + rows,
+            config.decoding,
+            steering=specs,
+            row_seeds=seeds,
+            backend=config.backend,
+        )
         new_pairs, new_drops = [], []
         for j, item in enumerate(batch):
             c, r = gens[j], gens[k + j]
@@ -253,5 +301,3 @@ def generate_pairs(
             sort_pair(item, c, r, prov, config.max_repetition, new_pairs, new_drops)
         store.add(new_pairs, new_drops)
     return store.result()
-
-

@@ -8,24 +8,42 @@ Example:
 from collections.abc import Mapping
 from typing import Any
 
-from .._types import LensModel
-from ..directions.set import DirectionSet
-from ..judge.reading import score_responses
+from icon2_lens._types import LensModel
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.judge.reading import score_responses
 
 __all__ = ["pair_margins"]
 
 
-def pair_margins(model: LensModel | None, records: list[dict[str, Any]], sets: Mapping[str, DirectionSet], *,
-                 progress: bool = False) -> dict[str, Any]:
+def pair_margins(
+    model: LensModel | None,
+    records: list[dict[str, Any]],
+    sets: Mapping[str, DirectionSet],
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
     """How often the chosen response scores above the rejected one along its direction (unsteered judge)."""
     if not records:
         return {"n": 0}
     ins = [r["prompt"][0]["content"] for r in records]
     ds = [sets[r["icon2_criterion"]] for r in records]
     layers = [r["icon2_layers"] for r in records]
-    a = score_responses(model, ins, [r["chosen"][0]["content"] for r in records], ds, layers=layers, progress=progress)
-    b = score_responses(model, ins, [r["rejected"][0]["content"] for r in records], ds, layers=layers,
-                        progress=progress)
+    a = score_responses(
+        model,
+        ins,
+        [r["chosen"][0]["content"] for r in records],
+        ds,
+        layers=layers,
+        progress=progress,
+    )
+    b = score_responses(
+        model,
+        ins,
+        [r["rejected"][0]["content"] for r in records],
+        ds,
+        layers=layers,
+        progress=progress,
+    )
     gap = a["projection"] - b["projection"]
     return {
         "n": len(records),
@@ -36,5 +54,5 @@ def pair_margins(model: LensModel | None, records: list[dict[str, Any]], sets: M
         "chosen_tokens": float(a["n_tokens"].mean()),
         "rejected_tokens": float(b["n_tokens"].mean()),
         "judge": "unsteered model: projection of the response's residual stream (mean over its tokens) on the "
-                 "criterion's direction, averaged over the steered layers",
+        "criterion's direction, averaged over the steered layers",
     }

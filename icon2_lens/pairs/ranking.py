@@ -25,12 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from .._types import LensModel
-from ..judge.base import PointwiseJudge
-from ..judge.rules import degeneracy
-from ..model.chat import encode_prompts, render_chat
-from ..model.generate import Generation, generate_rows
-from .common import BaselineConfig, baseline_settings, num, provenance, run_batches, sample_seed, spent
+from icon2_lens._types import LensModel
+from icon2_lens.judge.base import PointwiseJudge
+from icon2_lens.judge.rules import degeneracy
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.model.generate import Generation, generate_rows
+
+from .common import (
+    BaselineConfig,
+    baseline_settings,
+    num,
+    provenance,
+    run_batches,
+    sample_seed,
+    spent,
+)
 from .records import KeptInstruction, PairsResult, make_record
 from .store import PairStore, check_kept
 
@@ -42,7 +51,9 @@ log = logging.getLogger(__name__)
 def check_judge(judge: Any, source: str) -> dict[str, str]:
     name = getattr(judge, "name", None)
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{source} needs a judge with a non-empty name (recorded as icon2_judge), got {name!r}")
+        raise ValueError(
+            f"{source} needs a judge with a non-empty name (recorded as icon2_judge), got {name!r}"
+        )
     kind = getattr(judge, "kind", None)
     if kind != "pointwise":
         raise ValueError(
@@ -96,7 +107,9 @@ def _rank_one(
         "icon2_sample_scores": [num(s) for s in scores],
         "icon2_usable_samples": len(usable),
         "icon2_degenerate_samples": sum(b is not None for b in bad),
-        "icon2_unscorable_samples": sum(b is None and not math.isfinite(s) for b, s in zip(bad, scores)),
+        "icon2_unscorable_samples": sum(
+            b is None and not math.isfinite(s) for b, s in zip(bad, scores)
+        ),
         "icon2_chosen_finished": chosen.finished if chosen else None,
         "icon2_rejected_finished": rejected.finished if rejected else None,
         "icon2_generated_samples": len(gens),
@@ -130,28 +143,49 @@ def _ranked_pairs(
     prov_common = {**provenance(source, settings, decoding), "icon2_judge": judge_doc["name"]}
     tok, n_ctx = model.tokenizer, getattr(model.cfg, "n_ctx", None)
 
-    def make_batch(batch: list[KeptInstruction]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def make_batch(
+        batch: list[KeptInstruction],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         rows = encode_prompts(tok, [render_chat(tok, k.instruction) for k in batch], max_len=n_ctx)
-        gens = generate_rows(model, [row for row in rows for _ in range(n)], decoding,
-                             row_seeds=[sample_seed(k.index, s) for k in batch for s in range(n)],
-                             backend=config.backend)
+        gens = generate_rows(
+            model,
+            [row for row in rows for _ in range(n)],
+            decoding,
+            row_seeds=[sample_seed(k.index, s) for k in batch for s in range(n)],
+            backend=config.backend,
+        )
         bad = [degeneracy(g.text, g.token_ids, max_repetition=config.max_repetition) for g in gens]
         # degenerate samples are never ranked, so the judge does not see them
         judged = [i for i, b in enumerate(bad) if b is None]
         scores = np.full(len(gens), np.nan)
         if judged:
-            scores[judged] = _score(judge, [batch[i // n].instruction for i in judged],
-                                    [gens[i].text for i in judged])
+            scores[judged] = _score(
+                judge, [batch[i // n].instruction for i in judged], [gens[i].text for i in judged]
+            )
         pairs, drops = [], []
         for j, item in enumerate(batch):
             part = slice(j * n, (j + 1) * n)
-            rec, reason = _rank_one(item, gens[part], bad[part], scores[part], prov_common,
-                                    sum(b is None for b in bad[part]))
+            rec, reason = _rank_one(
+                item,
+                gens[part],
+                bad[part],
+                scores[part],
+                prov_common,
+                sum(b is None for b in bad[part]),
+            )
             (pairs if reason is None else drops).append(rec)
         return pairs, drops
 
-    return run_batches(store, kept, config.batch_size, make_batch, desc=f"{source} pairs", progress=progress,
-                limit=limit, tokenizer=tok)
+    return run_batches(
+        store,
+        kept,
+        config.batch_size,
+        make_batch,
+        desc=f"{source} pairs",
+        progress=progress,
+        limit=limit,
+        tokenizer=tok,
+    )
 
 
 def make_sampling_ranking_pairs(
@@ -211,6 +245,8 @@ def make_self_rewarding_pairs(
     """
     judge_model = getattr(judge, "model", None)
     if judge_model is not None and judge_model is not model:
-        log.warning("self_rewarding: judge %r rates with another model object than the one sampled",
-                    getattr(judge, "name", judge))
+        log.warning(
+            "self_rewarding: judge %r rates with another model object than the one sampled",
+            getattr(judge, "name", judge),
+        )
     return _ranked_pairs("self_rewarding", model, kept, judge, config, out, progress, limit)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..consistency.filter import KeptInstruction
-from ..judge.rules import degeneracy
-from ..model.generate import Generation
+from icon2_lens.consistency.filter import KeptInstruction
+from icon2_lens.judge.rules import degeneracy
+from icon2_lens.model.generate import Generation
 
 __all__ = [
     "PAIR_FIELDS",
@@ -69,7 +69,9 @@ class PairsResult:
     counts: dict[str, Any]
 
 
-def pair_verdict(c: Generation, r: Generation, max_repetition: float) -> tuple[str | None, str | None]:
+def pair_verdict(
+    c: Generation, r: Generation, max_repetition: float
+) -> tuple[str | None, str | None]:
     """``(drop reason or None, why the rejected response is degenerate or None)`` for one pair."""
     c_bad = degeneracy(c.text, c.token_ids, max_repetition=max_repetition)
     r_bad = degeneracy(r.text, r.token_ids, max_repetition=max_repetition)
@@ -83,8 +85,15 @@ def pair_verdict(c: Generation, r: Generation, max_repetition: float) -> tuple[s
     return reason, r_bad
 
 
-def sort_pair(item: KeptInstruction, c: Generation, r: Generation, prov: dict[str, Any], max_repetition: float,
-               pairs: list[dict[str, Any]], drops: list[dict[str, Any]]) -> None:
+def sort_pair(
+    item: KeptInstruction,
+    c: Generation,
+    r: Generation,
+    prov: dict[str, Any],
+    max_repetition: float,
+    pairs: list[dict[str, Any]],
+    drops: list[dict[str, Any]],
+) -> None:
     """Build the record of one chosen/rejected pair and append it to ``pairs`` or, with its drop
     reason, to ``drops``."""
     reason, r_bad = pair_verdict(c, r, max_repetition)
@@ -97,7 +106,9 @@ def sort_pair(item: KeptInstruction, c: Generation, r: Generation, prov: dict[st
         drops.append(rec)
 
 
-def make_record(item: KeptInstruction, chosen: str, rejected: str, prov: dict[str, Any]) -> dict[str, Any]:
+def make_record(
+    item: KeptInstruction, chosen: str, rejected: str, prov: dict[str, Any]
+) -> dict[str, Any]:
     """The conversational preference record of one instruction, with its ``icon2_*`` provenance."""
     return {
         "prompt": [{"role": "user", "content": item.instruction}],
@@ -111,13 +122,17 @@ def make_record(item: KeptInstruction, chosen: str, rejected: str, prov: dict[st
     }
 
 
-def pair_counts(records: Sequence[Mapping], dropped: Sequence[Mapping], n_instructions: int) -> dict[str, Any]:
+def pair_counts(
+    records: Sequence[Mapping], dropped: Sequence[Mapping], n_instructions: int
+) -> dict[str, Any]:
     """Totals over a pairs run: kept pairs, drops per reason, and degenerate rates before dropping."""
     reasons = Counter(d["icon2_drop_reason"] for d in dropped)
     n_done = len(records) + len(dropped)
     chosen_bad = sum(1 for d in dropped if d["icon2_drop_reason"].startswith("chosen_"))
     rejected_bad = sum(
-        1 for d in dropped if d["icon2_drop_reason"].startswith("rejected_") or d.get("icon2_rejected_degenerate")
+        1
+        for d in dropped
+        if d["icon2_drop_reason"].startswith("rejected_") or d.get("icon2_rejected_degenerate")
     )
     return {
         "instructions": n_instructions,
@@ -157,8 +172,10 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
             if line.strip():
                 records.append(_parse_line(line, path, lineno))
     if not records:
-        raise ValueError(f"{path} holds no preference records (it is empty or only blank lines); pass the "
-                         "pairs.jsonl that 'icon2-lens pairs' wrote")
+        raise ValueError(
+            f"{path} holds no preference records (it is empty or only blank lines); pass the "
+            "pairs.jsonl that 'icon2-lens pairs' wrote"
+        )
     return records
 
 

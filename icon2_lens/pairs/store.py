@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import append_jsonl, check_settings, read_jsonl
+from icon2_lens._files import append_jsonl, check_settings, read_jsonl
+
 from .records import KeptInstruction, PairsResult, pair_counts
 
 __all__ = ["PairStore", "check_kept", "PAIRS_FILE", "DROPPED_FILE", "SETTINGS_FILE"]
@@ -66,7 +67,9 @@ class PairStore:
             for rec in self.records + self.dropped:
                 for key, value in (fill or {}).items():
                     rec.setdefault(key, value)
-        self.done = {r["icon2_index"] for r in self.records} | {r["icon2_index"] for r in self.dropped}
+        self.done = {r["icon2_index"] for r in self.records} | {
+            r["icon2_index"] for r in self.dropped
+        }
         unknown = self.done - set(self.ids)
         if unknown:
             raise ValueError(
@@ -86,7 +89,9 @@ class PairStore:
         """Keep one batch's pairs and drops, appending them to the files first."""
         if self.pairs_path is not None:
             append_jsonl(self.dropped_path, new_drops)
-            append_jsonl(self.pairs_path, new_pairs)  # written last: a batch counts as done once its pairs are
+            append_jsonl(
+                self.pairs_path, new_pairs
+            )  # written last: a batch counts as done once its pairs are
         self.records.extend(new_pairs)
         self.dropped.extend(new_drops)
 
@@ -95,4 +100,6 @@ class PairStore:
         order = {i: n for n, i in enumerate(self.ids)}
         self.records.sort(key=lambda r: order[r["icon2_index"]])
         self.dropped.sort(key=lambda r: order[r["icon2_index"]])
-        return PairsResult(self.records, self.dropped, pair_counts(self.records, self.dropped, len(self.ids)))
+        return PairsResult(
+            self.records, self.dropped, pair_counts(self.records, self.dropped, len(self.ids))
+        )

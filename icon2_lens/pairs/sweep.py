@@ -41,19 +41,27 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .._config import documented, option
-from .._types import LensModel
-from ..directions.set import DirectionSet
-from ..directions.steer import SteeringSpec
-from ..figures import PALETTE, plotly_go
-from ..judge.reading import score_responses
-from ..judge.rules import degeneracy, repetition_rate
-from ..model.chat import encode_prompts, render_chat
-from ..model.generate import Decoding, generate_rows
-from ..model.hooks import parse_layers
+from icon2_lens._config import documented, option
+from icon2_lens._types import LensModel
+from icon2_lens.directions.set import DirectionSet
+from icon2_lens.directions.steer import SteeringSpec
+from icon2_lens.figures import PALETTE, plotly_go
+from icon2_lens.judge.reading import score_responses
+from icon2_lens.judge.rules import degeneracy, repetition_rate
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.model.generate import Decoding, generate_rows
+from icon2_lens.model.hooks import parse_layers
+
 from .records import KeptInstruction
 
-__all__ = ["SweepConfig", "SweepResult", "run_sweep", "summarize_sweep", "choose_setting", "plot_sweep"]
+__all__ = [
+    "SweepConfig",
+    "SweepResult",
+    "run_sweep",
+    "summarize_sweep",
+    "choose_setting",
+    "plot_sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +71,32 @@ log = logging.getLogger(__name__)
 class SweepConfig:
     """What the γ / layer sweep tries and the rule that picks a setting (see the module docstring)."""
 
-    gammas: tuple[float, ...] = option((-0.06, -0.04, -0.03, -0.02, -0.01, 0.01, 0.02, 0.03, 0.04),
-                                       help="γ grid (γ = 0, the unsteered answer, is always added)")
-    intervals: tuple[str, ...] = option(("10-19", "13-22", "16-25"), sep=";",
-                                        help="layer intervals to compare (the defaults suit SmolLM2's 30 layers)")
+    gammas: tuple[float, ...] = option(
+        (-0.06, -0.04, -0.03, -0.02, -0.01, 0.01, 0.02, 0.03, 0.04),
+        help="γ grid (γ = 0, the unsteered answer, is always added)",
+    )
+    intervals: tuple[str, ...] = option(
+        ("10-19", "13-22", "16-25"),
+        sep=";",
+        help="layer intervals to compare (the defaults suit SmolLM2's 30 layers)",
+    )
     n_instructions: int = option(40, flag="--n", help="instructions sampled (seeded) from the pool")
     seed: int = option(0, help="seed of the instruction sample")
     read: Literal["mean", "last"] = option(
-        "mean", help="judge reading of a response: mean over its tokens or its last token")
+        "mean", help="judge reading of a response: mean over its tokens or its last token"
+    )
     unit: Literal["relative", "absolute"] = option("relative", help="units of γ (see pairs)")
     positions: Literal["all", "generated"] = option("all", help="steered positions (see pairs)")
     max_new_tokens: int = option(96, help="answer budget in tokens")
     batch_rows: int = option(32, help="rows per generation batch")
     min_win: float = option(0.9, help="γ⁻ must give a usable win rate of at least this")
-    min_effect: float = option(2.0, help="γ⁻ must separate its pairs by this many sd of the score gaps")
+    min_effect: float = option(
+        2.0, help="γ⁻ must separate its pairs by this many sd of the score gaps"
+    )
     max_degenerate: float = option(0.05, help="γ⁺ must keep the degenerate rate at or below this")
-    nll_tolerance: float = option(0.25, help="γ⁺ may raise the chosen answers' NLL over the unsteered one by this")
+    nll_tolerance: float = option(
+        0.25, help="γ⁺ may raise the chosen answers' NLL over the unsteered one by this"
+    )
 
     def __post_init__(self) -> None:
         if not self.gammas or not all(np.isfinite(g) for g in self.gammas):
@@ -90,9 +108,15 @@ class SweepConfig:
 
     def rule(self) -> dict[str, Any]:
         """The selection rule's parameters, as recorded in ``sweep.json``."""
-        return {"min_win": self.min_win, "min_effect": self.min_effect, "max_degenerate": self.max_degenerate,
-                "nll_tolerance": self.nll_tolerance, "read": self.read, "positions": self.positions,
-                "unit": self.unit}
+        return {
+            "min_win": self.min_win,
+            "min_effect": self.min_effect,
+            "max_degenerate": self.max_degenerate,
+            "nll_tolerance": self.nll_tolerance,
+            "read": self.read,
+            "positions": self.positions,
+            "unit": self.unit,
+        }
 
 
 @dataclass
@@ -138,7 +162,12 @@ def run_sweep(
     if not items:
         raise ValueError("no instructions to sweep on")
     decoding = Decoding(max_new_tokens=config.max_new_tokens)
-    unit, positions, read, batch_rows = config.unit, config.positions, config.read, config.batch_rows
+    unit, positions, read, batch_rows = (
+        config.unit,
+        config.positions,
+        config.read,
+        config.batch_rows,
+    )
     n_layers = model.cfg.n_layers
     if not intervals:
         intervals = {spec: parse_layers(spec, n_layers) for spec in config.intervals}
@@ -149,10 +178,15 @@ def run_sweep(
     for label, layers in intervals.items():
         bad = [x for x in layers if not 0 <= x < n_layers]
         if bad or not layers:
-            raise ValueError(f"interval {label!r} has layers {bad or list(layers)} outside the model (0..{n_layers - 1})")
+            raise ValueError(
+                f"interval {label!r} has layers {bad or list(layers)} outside the model (0..{n_layers - 1})"
+            )
     tok = model.tokenizer
-    rows_all = encode_prompts(tok, [render_chat(tok, it.instruction) for it in items],
-                              max_len=getattr(model.cfg, "n_ctx", None))
+    rows_all = encode_prompts(
+        tok,
+        [render_chat(tok, it.instruction) for it in items],
+        max_len=getattr(model.cfg, "n_ctx", None),
+    )
     jobs = [(i, g) for i in range(len(items)) for g in grid]
     records = []
     for label, layers in intervals.items():
@@ -163,10 +197,20 @@ def run_sweep(
             specs = []
             for name in sorted({items[i].criterion for i, _ in chunk}):
                 gam = [g if items[i].criterion == name else 0.0 for i, g in chunk]
-                specs.append(SteeringSpec(directions=direction_sets[name], gamma=gam, layers=layers, unit=unit,
-                                          positions=positions, prompt_len=1))
+                specs.append(
+                    SteeringSpec(
+                        directions=direction_sets[name],
+                        gamma=gam,
+                        layers=layers,
+                        unit=unit,
+                        positions=positions,
+                        prompt_len=1,
+                    )
+                )
             seeds = [items[i].index * 1000 + grid.index(g) for i, g in chunk]
-            gens = generate_rows(model, [rows_all[i] for i, _ in chunk], decoding, steering=specs, row_seeds=seeds)
+            gens = generate_rows(
+                model, [rows_all[i] for i, _ in chunk], decoding, steering=specs, row_seeds=seeds
+            )
             texts.update({job: gen for job, gen in zip(chunk, gens)})
         keys = list(texts)
         scored = score_responses(
@@ -180,19 +224,21 @@ def run_sweep(
         )
         for n, (i, g) in enumerate(keys):
             gen = texts[(i, g)]
-            records.append({
-                "interval": label,
-                "gamma": g,
-                "index": items[i].index,
-                "criterion": items[i].criterion,
-                "score": float(scored["projection"][n]),
-                "nll": float(scored["nll"][n]),
-                "repetition": repetition_rate(gen.token_ids),
-                "length": len(gen.token_ids),
-                "finished": gen.finished,
-                "degenerate": degeneracy(gen.text, gen.token_ids) is not None,
-                "text": gen.text,
-            })
+            records.append(
+                {
+                    "interval": label,
+                    "gamma": g,
+                    "index": items[i].index,
+                    "criterion": items[i].criterion,
+                    "score": float(scored["projection"][n]),
+                    "nll": float(scored["nll"][n]),
+                    "repetition": repetition_rate(gen.token_ids),
+                    "length": len(gen.token_ids),
+                    "finished": gen.finished,
+                    "degenerate": degeneracy(gen.text, gen.token_ids) is not None,
+                    "text": gen.text,
+                }
+            )
     responses = pd.DataFrame(records)
     result = summarize_sweep(responses)
     result.rule = config.rule()
@@ -209,9 +255,15 @@ def summarize_sweep(responses: pd.DataFrame) -> SweepResult:
     """
     by_gamma = (
         responses.groupby(["interval", "gamma"])
-        .agg(score=("score", "mean"), nll=("nll", "mean"), repetition=("repetition", "mean"),
-             length=("length", "mean"), degenerate=("degenerate", "mean"), finished=("finished", "mean"),
-             n=("score", "size"))
+        .agg(
+            score=("score", "mean"),
+            nll=("nll", "mean"),
+            repetition=("repetition", "mean"),
+            length=("length", "mean"),
+            degenerate=("degenerate", "mean"),
+            finished=("finished", "mean"),
+            n=("score", "size"),
+        )
         .reset_index()
     )
     rows = []
@@ -226,9 +278,17 @@ def summarize_sweep(responses: pd.DataFrame) -> SweepResult:
                     usable &= text[gp] != text[gn]
                 wins = score[gp] > score[gn]
                 gap = (score[gp] - score[gn])[usable]
-                rows.append({"interval": label, "gamma_pos": gp, "gamma_neg": gn,
-                             "win": float(wins.mean()), "usable": float(usable.mean()),
-                             "win_usable": float((wins & usable).mean()), "effect": _effect(gap)})
+                rows.append(
+                    {
+                        "interval": label,
+                        "gamma_pos": gp,
+                        "gamma_neg": gn,
+                        "win": float(wins.mean()),
+                        "usable": float(usable.mean()),
+                        "win_usable": float((wins & usable).mean()),
+                        "effect": _effect(gap),
+                    }
+                )
     return SweepResult(responses, by_gamma, pd.DataFrame(rows))
 
 
@@ -264,28 +324,50 @@ def choose_setting(
     for label, sub in result.by_gamma.groupby("interval"):
         base = sub[sub["gamma"] == 0.0]
         base_nll = float(base["nll"].iloc[0]) if len(base) else float("inf")
-        fluent = sub[(sub["gamma"] > 0) & (sub["degenerate"] <= max_degenerate)
-                     & (sub["nll"] <= base_nll + nll_tolerance)]
+        fluent = sub[
+            (sub["gamma"] > 0)
+            & (sub["degenerate"] <= max_degenerate)
+            & (sub["nll"] <= base_nll + nll_tolerance)
+        ]
         if fluent.empty:
             continue
         best = fluent.sort_values(["score", "gamma"], ascending=[False, True]).iloc[0]
         gp = float(best["gamma"])
-        pairs = result.pairs[(result.pairs["interval"] == label) & (result.pairs["gamma_pos"] == gp)
-                             & (result.pairs["win_usable"] >= min_win) & (result.pairs["effect"] >= min_effect)]
-        option = {"interval": label, "gamma_pos": gp, "gamma_neg": None, "win": None,
-                  "chosen_nll": float(best["nll"]), "base_nll": base_nll,
-                  "chosen_score": float(best["score"]), "chosen_degenerate": float(best["degenerate"])}
+        pairs = result.pairs[
+            (result.pairs["interval"] == label)
+            & (result.pairs["gamma_pos"] == gp)
+            & (result.pairs["win_usable"] >= min_win)
+            & (result.pairs["effect"] >= min_effect)
+        ]
+        option = {
+            "interval": label,
+            "gamma_pos": gp,
+            "gamma_neg": None,
+            "win": None,
+            "chosen_nll": float(best["nll"]),
+            "base_nll": base_nll,
+            "chosen_score": float(best["score"]),
+            "chosen_degenerate": float(best["degenerate"]),
+        }
         if not pairs.empty:
             mild = pairs.sort_values("gamma_neg", ascending=False).iloc[0]
             neg = sub[sub["gamma"] == mild["gamma_neg"]].iloc[0]
-            option.update(gamma_neg=float(mild["gamma_neg"]), win=float(mild["win_usable"]),
-                          win_all=float(mild["win"]), usable=float(mild["usable"]), effect=float(mild["effect"]),
-                          rejected_nll=float(neg["nll"]), rejected_degenerate=float(neg["degenerate"]))
+            option.update(
+                gamma_neg=float(mild["gamma_neg"]),
+                win=float(mild["win_usable"]),
+                win_all=float(mild["win"]),
+                usable=float(mild["usable"]),
+                effect=float(mild["effect"]),
+                rejected_nll=float(neg["nll"]),
+                rejected_degenerate=float(neg["degenerate"]),
+            )
         options.append(option)
     complete = [o for o in options if o["gamma_neg"] is not None]
     if not complete:
-        return {"reason": "no setting met the rule; widen the grid or relax min_win / nll_tolerance",
-                "candidates": options}
+        return {
+            "reason": "no setting met the rule; widen the grid or relax min_win / nll_tolerance",
+            "candidates": options,
+        }
     complete.sort(key=lambda o: (-o["win"], -o["effect"], o["chosen_nll"]))
     return complete[0]
 
@@ -296,15 +378,28 @@ def plot_sweep(result: SweepResult, *, template: str = "plotly_white"):
 
     go = plotly_go()
 
-    panels = [("score", "inherent score"), ("nll", "NLL / token (unsteered model)"),
-              ("repetition", "repeated 4-grams"), ("degenerate", "degenerate rate")]
+    panels = [
+        ("score", "inherent score"),
+        ("nll", "NLL / token (unsteered model)"),
+        ("repetition", "repeated 4-grams"),
+        ("degenerate", "degenerate rate"),
+    ]
     fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in panels])
     for k, (label, sub) in enumerate(result.by_gamma.groupby("interval")):
         for c, (col, _) in enumerate(panels, start=1):
-            fig.add_trace(go.Scatter(x=sub["gamma"], y=sub[col], mode="lines+markers", name=f"layers {label}",
-                                     legendgroup=label, showlegend=c == 1,
-                                     line={"color": PALETTE[k % len(PALETTE)]}),
-                          row=1, col=c)
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["gamma"],
+                    y=sub[col],
+                    mode="lines+markers",
+                    name=f"layers {label}",
+                    legendgroup=label,
+                    showlegend=c == 1,
+                    line={"color": PALETTE[k % len(PALETTE)]},
+                ),
+                row=1,
+                col=c,
+            )
     fig.update_xaxes(title_text="γ (relative)")
     title = "γ / layer sweep"
     if result.choice.get("gamma_neg") is not None:

@@ -39,9 +39,24 @@ def test_save_load_against_model(honesty, smol, tmp_path):
 
 
 def _cli_extract(out, *extra):
-    cmd = [sys.executable, "-m", "icon2_lens.cli", "extract", "--criteria", "harmlessness",
-           "--n-instructions", "16", "--n-heldout", "8", "--layers", "8-20", "--out", str(out),
-           "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "icon2_lens.cli",
+        "extract",
+        "--criteria",
+        "harmlessness",
+        "--n-instructions",
+        "16",
+        "--n-heldout",
+        "8",
+        "--layers",
+        "8-20",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -61,11 +76,37 @@ def test_cli_extract_small(tmp_path):
 def test_cli_reports_bad_input(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text('[[criteria]]\nname = "x"\npositive = "p"\n')
-    proc = subprocess.run([sys.executable, "-m", "icon2_lens.cli", "extract", "--criteria-file", str(bad),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "icon2_lens.cli",
+            "extract",
+            "--criteria-file",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "missing field" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "icon2_lens.cli", "extract", "--layers", "40",
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "icon2_lens.cli",
+            "extract",
+            "--layers",
+            "40",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "out of range" in proc.stderr
 
 
@@ -74,4 +115,6 @@ def test_cli_same_seed_bit_identical(tmp_path):
         proc = _cli_extract(tmp_path / name, "--no-figures", "--seed", "3", "--method", "pca")
         assert proc.returncode == 0, proc.stderr
     for f in ("directions.safetensors", "cfg.json"):
-        assert (tmp_path / "a" / "harmlessness" / f).read_bytes() == (tmp_path / "b" / "harmlessness" / f).read_bytes()
+        assert (tmp_path / "a" / "harmlessness" / f).read_bytes() == (
+            tmp_path / "b" / "harmlessness" / f
+        ).read_bytes()

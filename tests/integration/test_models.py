@@ -14,7 +14,9 @@ def no_network(monkeypatch):
 
     def refuse(*args, **kwargs):
         attempts.append(args)
-        raise AssertionError(f"outbound connection attempted: {args[1:] if len(args) > 1 else args}")
+        raise AssertionError(
+            f"outbound connection attempted: {args[1:] if len(args) > 1 else args}"
+        )
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
@@ -46,8 +48,11 @@ def test_first_conversion_is_offline(smol, tmp_path, monkeypatch, no_network):
 
 def test_matches_hf_and_generates(smol):
     tok = smol.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         logits = smol(enc["input_ids"], attention_mask=enc["attention_mask"])
@@ -78,8 +83,12 @@ def test_second_embedded_model_gemma():
         logits = model(enc["input_ids"], attention_mask=enc["attention_mask"])
         assert torch.allclose(logits, model.original_model(**enc).logits, atol=1e-4)
     with pytest.raises(ValueError, match="no chat template"):
-        extract_criterion(model, get_criteria(["honesty"])[0], config=ExtractConfig(n_instructions=2, n_heldout=1),
-                          progress=False)
+        extract_criterion(
+            model,
+            get_criteria(["honesty"])[0],
+            config=ExtractConfig(n_instructions=2, n_heldout=1),
+            progress=False,
+        )
 
 
 def test_user_turn_template_of_the_embedded_model(smol):

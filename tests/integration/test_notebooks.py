@@ -26,10 +26,16 @@ def test_notebook_runs(path, tmp_path, monkeypatch, request):
         run_experiment(cfg, tmp_path / "experiment", progress=False, png=False)
         monkeypatch.setenv("ICON2_LENS_EXPERIMENT", str(tmp_path / "experiment"))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors
     if "01_" in path.name:
         assert (tmp_path / "layer_selection_all.png").is_file()

@@ -16,21 +16,39 @@ from icon2_lens.model.chat import tokenize_prompts
 
 @pytest.fixture(scope="module")
 def helpful(smol):
-    cfg = ExtractConfig(method="mean_diff", n_instructions=16, n_heldout=8, layers=tuple(range(10, 20)))
-    return extract_criterion(smol, get_criteria(["helpfulness"])[0], config=cfg, progress=False).directions
+    cfg = ExtractConfig(
+        method="mean_diff", n_instructions=16, n_heldout=8, layers=tuple(range(10, 20))
+    )
+    return extract_criterion(
+        smol, get_criteria(["helpfulness"])[0], config=cfg, progress=False
+    ).directions
 
 
 @pytest.mark.parametrize("positions", ["all", "generated"])
 def test_steered_greedy_generation_cache_equals_no_cache(smol, helpful, positions):
-    texts = [render_chat(smol.tokenizer, q) for q in ("Give me a tip for sleeping better.", "What is 2+2?")]
+    texts = [
+        render_chat(smol.tokenizer, q)
+        for q in ("Give me a tip for sleeping better.", "What is 2+2?")
+    ]
     ids, mask = tokenize_prompts(smol.tokenizer, texts)
     outs = []
     for cache in (True, False):
-        spec = SteeringSpec(directions=helpful, gamma=[0.05, -0.05], positions=positions, prompt_len=ids.shape[1])
+        spec = SteeringSpec(
+            directions=helpful, gamma=[0.05, -0.05], positions=positions, prompt_len=ids.shape[1]
+        )
         with steer(smol, spec):
-            outs.append(smol.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                      use_past_kv_cache=cache, stop_at_eos=False, verbose=False,
-                                      return_type="tokens"))
+            outs.append(
+                smol.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=12,
+                    do_sample=False,
+                    use_past_kv_cache=cache,
+                    stop_at_eos=False,
+                    verbose=False,
+                    return_type="tokens",
+                )
+            )
     assert torch.equal(outs[0], outs[1])
 
 

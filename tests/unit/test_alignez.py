@@ -7,16 +7,16 @@ import torch.nn.functional as F
 
 from icon2_lens.alignez import apply as az_apply
 from icon2_lens.alignez import fit as az_fit
-from icon2_lens.cli import main
 from icon2_lens.alignez.apply import AlignEZEditor, alignez, filter_directions, generate_alignez
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.alignez.edit import AlignEZEdit, check_edit, load_alignez
 from icon2_lens.alignez.fit import fit_alignez, generate_self_pairs
 from icon2_lens.alignez.subspace import fit_subspace, gated_edit
+from icon2_lens.cli import main
 from icon2_lens.model.chat import render_chat
-from icon2_lens.model.twin import block_modules, fast_twin
 from icon2_lens.model.generate import Decoding, Generation, generate
 from icon2_lens.model.hooks import RowSelection
+from icon2_lens.model.twin import block_modules, fast_twin
 from icon2_lens.testing import tiny_model
 
 QUERIES = [
@@ -477,19 +477,55 @@ def test_cli(tmp_path, monkeypatch, capsys):
     queries = tmp_path / "queries.txt"
     queries.write_text("\n".join(QUERIES) + "\n")
     out = tmp_path / "edit"
-    fit = ["alignez", "fit", "--queries", str(queries), "--out", str(out), "--description-tokens", "5",
-           "--response-tokens", "8", "--sample", "--n-layers", "1", "--no-progress"]
+    fit = [
+        "alignez",
+        "fit",
+        "--queries",
+        str(queries),
+        "--out",
+        str(out),
+        "--description-tokens",
+        "5",
+        "--response-tokens",
+        "8",
+        "--sample",
+        "--n-layers",
+        "1",
+        "--no-progress",
+    ]
     assert main(fit) == 0
     assert len(load_alignez(out).layers) == 1
     answers = tmp_path / "answers.jsonl"
-    gen = ["alignez", "generate", "--edit", str(out), "--instructions", str(queries), "--out", str(answers),
-           "--max-new-tokens", "6", "--strength", "2", "--no-progress"]
+    gen = [
+        "alignez",
+        "generate",
+        "--edit",
+        str(out),
+        "--instructions",
+        str(queries),
+        "--out",
+        str(answers),
+        "--max-new-tokens",
+        "6",
+        "--strength",
+        "2",
+        "--no-progress",
+    ]
     assert main(gen) == 0
     rows = [json.loads(x) for x in answers.read_text().splitlines()]
     assert [r["instruction"] for r in rows] == QUERIES
     assert all(r["alignez_strength"] == 2.0 and "alignez_help_kept" in r for r in rows)
     capsys.readouterr()
-    bad = ["alignez", "generate", "--edit", str(tmp_path / "none"), "--instructions", str(queries), "--out", str(answers)]
+    bad = [
+        "alignez",
+        "generate",
+        "--edit",
+        str(tmp_path / "none"),
+        "--instructions",
+        str(queries),
+        "--out",
+        str(answers),
+    ]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "not a saved AlignEZ edit" in err[0]

@@ -15,10 +15,19 @@ GOOD = [
 JUNK = {
     "strip": ["   ", '""'],
     "length": ["Why?", "Tell me"],
-    "incomplete": ["What are the main causes of the French Revolution and", "List three ways to save money, such as"],
-    "leakage": ["<|im_start|>user How do I fix my bike?", "assistant: What is the capital of Peru?"],
-    "non_request": ["Sure, here is the recipe you asked for.", "The weather was lovely and we walked home.",
-                    "go go go go go go go go go go go go go go"],
+    "incomplete": [
+        "What are the main causes of the French Revolution and",
+        "List three ways to save money, such as",
+    ],
+    "leakage": [
+        "<|im_start|>user How do I fix my bike?",
+        "assistant: What is the capital of Peru?",
+    ],
+    "non_request": [
+        "Sure, here is the recipe you asked for.",
+        "The weather was lovely and we walked home.",
+        "go go go go go go go go go go go go go go",
+    ],
 }
 
 
@@ -38,12 +47,25 @@ def test_each_step_drops_its_junk_and_keeps_requests():
 
 
 def test_unfinished_and_duplicates():
-    texts = [GOOD[0], GOOD[1], GOOD[0].upper(), GOOD[1].replace("autumn", "winter"), GOOD[2], GOOD[3]]
+    texts = [
+        GOOD[0],
+        GOOD[1],
+        GOOD[0].upper(),
+        GOOD[1].replace("autumn", "winter"),
+        GOOD[2],
+        GOOD[3],
+    ]
     rep = clean_instructions(texts, finished=[True, True, True, True, False, True])
     assert rep.kept == [GOOD[0], GOOD[1], GOOD[3]]
-    assert dict((i, s) for i, s in rep.dropped) == {2: "exact_duplicate", 3: "near_duplicate", 4: "incomplete"}
+    assert dict((i, s) for i, s in rep.dropped) == {
+        2: "exact_duplicate",
+        3: "near_duplicate",
+        4: "incomplete",
+    }
     # same topic, different request: kept
-    rep2 = clean_instructions(["How do I bake bread at home?", "What flour is best for baking bread?"])
+    rep2 = clean_instructions(
+        ["How do I bake bread at home?", "What flour is best for baking bread?"]
+    )
     assert len(rep2.kept) == 2
     assert normalize_instruction(" How DO i, bake? ") == "how do i bake"
     assert "exact_duplicate" in rep.summary() and rep.to_dict()["counts"] == rep.counts
@@ -52,7 +74,9 @@ def test_unfinished_and_duplicates():
 def test_deterministic_and_scales():
     rng = random.Random(0)
     vocab = ["".join(rng.choice("abcdefghijklmnop") for _ in range(6)) for _ in range(3000)]
-    base = ["How do I " + " ".join(rng.choice(vocab) for _ in range(12)) + "?" for _ in range(18000)]
+    base = [
+        "How do I " + " ".join(rng.choice(vocab) for _ in range(12)) + "?" for _ in range(18000)
+    ]
     planted = []
     for t in base[:2000]:
         words = t[:-1].split()
@@ -62,7 +86,9 @@ def test_deterministic_and_scales():
     t0 = time.perf_counter()
     rep = clean_instructions(texts)
     elapsed = time.perf_counter() - t0
-    assert rep.counts["near_duplicate"] == 18000  # every planted near-duplicate removed, nothing else
+    assert (
+        rep.counts["near_duplicate"] == 18000
+    )  # every planted near-duplicate removed, nothing else
     assert all(step == "near_duplicate" for i, step in rep.dropped)
     assert elapsed < 30
     assert clean_instructions(texts[:500]).kept == rep.kept[:500]

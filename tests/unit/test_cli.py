@@ -33,7 +33,11 @@ def test_every_derived_flag_defaults_to_its_field():
         by_dest = {a.dest: a for a in parser._actions}
         names = {d for d, _, _ in derived}
         # the settings classes whose every command-line field is a flag of this command
-        whole = {cls for _, cls, _ in derived if {f.name for f in config_fields(cls) if f.metadata.get("cli", True)} <= names}
+        whole = {
+            cls
+            for _, cls, _ in derived
+            if {f.name for f in config_fields(cls) if f.metadata.get("cli", True)} <= names
+        }
         fields = {f.name for cls in whole for f in config_fields(cls)}
         for dest, cls, name in derived:
             assert by_dest[dest].default == _default(cls, name), (path, dest)
@@ -62,17 +66,23 @@ def _error(capsys, argv) -> str:
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     errors = [x for x in lines if x.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), captured.err
+    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), (
+        captured.err
+    )
     assert "Traceback" not in captured.err and not captured.out
     return errors[0]
 
 
-def test_ten_kinds_of_bad_input_give_one_error_line_and_exit_2(tmp_path, tiny_dir, capsys, monkeypatch):
+def test_ten_kinds_of_bad_input_give_one_error_line_and_exit_2(
+    tmp_path, tiny_dir, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.toml").write_text("x = [\n")
     (tmp_path / "unknown.toml").write_text("[pairs]\ngama_pos = 0.1\n")
     (tmp_path / "type.toml").write_text('[extract]\nn_instructions = "many"\n')
-    (tmp_path / "bad.jsonl").write_text('{"index": 0, "instruction": "x", "criterion": "honesty"}\n{oops\n')
+    (tmp_path / "bad.jsonl").write_text(
+        '{"index": 0, "instruction": "x", "criterion": "honesty"}\n{oops\n'
+    )
     (tmp_path / "a_file").write_text("")
     model = ["--model", str(tiny_dir)]
     small = [*model, "--n-instructions", "4", "--n-heldout", "2", "--no-png", "--no-progress"]
@@ -81,9 +91,18 @@ def test_ten_kinds_of_bad_input_give_one_error_line_and_exit_2(tmp_path, tiny_di
         "malformed TOML": (["run", "--config", "bad.toml"], "not valid TOML"),
         "unknown key": (["run", "--config", "unknown.toml"], "unknown config key pairs.gama_pos"),
         "wrong type": (["config", "show", "--config", "type.toml"], "must be an integer"),
-        "layer out of range": (["extract", *small, "--layers", "40", "--out", "ex1"], "out of range"),
-        "unknown criterion": (["extract", *small, "--criteria", "nope", "--out", "ex2"], "unknown criterion"),
-        "unknown flag": (["pairs", "--kept", "k.jsonl", "--gama-pos", "0.1"], "unrecognized arguments"),
+        "layer out of range": (
+            ["extract", *small, "--layers", "40", "--out", "ex1"],
+            "out of range",
+        ),
+        "unknown criterion": (
+            ["extract", *small, "--criteria", "nope", "--out", "ex2"],
+            "unknown criterion",
+        ),
+        "unknown flag": (
+            ["pairs", "--kept", "k.jsonl", "--gama-pos", "0.1"],
+            "unrecognized arguments",
+        ),
         "bad flag value": (["synthesize", "--n", "many"], "invalid"),
         "bad choice": (["extract", "--method", "svd"], "invalid choice"),
         "malformed JSONL": (["pairs", "--kept", "bad.jsonl"], "bad.jsonl:2"),
@@ -98,8 +117,20 @@ def test_ten_kinds_of_bad_input_give_one_error_line_and_exit_2(tmp_path, tiny_di
     assert main(["extract", *small, "--criteria", "honesty", "--out", "ex"]) == 0
     other = save_tiny_model(tmp_path / "wide", d_model=32)
     (tmp_path / "ins.txt").write_text("tell me a story\n")
-    line = _error(capsys, ["filter", "--model", str(other), "--instructions", "ins.txt", "--directions", "ex",
-                           "--no-png", "--no-progress"])
+    line = _error(
+        capsys,
+        [
+            "filter",
+            "--model",
+            str(other),
+            "--instructions",
+            "ins.txt",
+            "--directions",
+            "ex",
+            "--no-png",
+            "--no-progress",
+        ],
+    )
     assert "another model" in line and " — " in line
 
 
@@ -123,7 +154,15 @@ def test_results_have_one_shape(tmp_path, capsys):
 def test_stage_flags_take_defaults_from_a_config_section(tmp_path):
     (tmp_path / "run.toml").write_text("seed = 7\n[pairs]\ngamma_pos = 0.05\nlayers = '2-3'\n")
     parser = build_parser()
-    argv = ["pairs", "--kept", "k.jsonl", "--config", str(tmp_path / "run.toml"), "--batch-size", "3"]
+    argv = [
+        "pairs",
+        "--kept",
+        "k.jsonl",
+        "--config",
+        str(tmp_path / "run.toml"),
+        "--batch-size",
+        "3",
+    ]
     from icon2_lens.cli._common import apply_config
     from icon2_lens.cli.pairs import CONFIG_CLASSES
 

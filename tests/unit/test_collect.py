@@ -4,8 +4,13 @@ import torch
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.collect import collect_resid
 
-QUESTIONS = ["what is a cat ?", "why", "tell me a short story about the dog and the bird please",
-             "write a poem", "how do i fix my code bug ?"]
+QUESTIONS = [
+    "what is a cat ?",
+    "why",
+    "tell me a short story about the dog and the bird please",
+    "write a poem",
+    "how do i fix my code bug ?",
+]
 
 
 def _texts(model, system="you are helpful"):
@@ -32,7 +37,9 @@ def test_matches_run_with_cache_on_every_site(tiny):
         for i, text in enumerate(texts):
             enc = tiny.tokenizer(text, return_tensors="pt", add_special_tokens=False)
             names = [f"blocks.{layer}.hook_{site}" for layer in range(tiny.cfg.n_layers)]
-            _, cache = tiny.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"], names_filter=names)
+            _, cache = tiny.run_with_cache(
+                enc["input_ids"], attention_mask=enc["attention_mask"], names_filter=names
+            )
             for layer, name in enumerate(names):
                 assert torch.allclose(acts[i, layer], cache[name][0, -1], atol=1e-5), (site, layer)
 
@@ -100,10 +107,15 @@ def test_tokenizer_without_pad_token(tiny):
 
 @pytest.mark.parametrize("site", ["resid_pre", "resid_post"])
 def test_fast_backend_matches_bridge(tiny, site):
-    texts = [render_chat(tiny.tokenizer, q) for q in ["tell me a story", "why", "what is the best food for a dog"]]
+    texts = [
+        render_chat(tiny.tokenizer, q)
+        for q in ["tell me a story", "why", "what is the best food for a dog"]
+    ]
     for layers in ([0, 1, 2], [0, 1]):
         a = collect_resid(tiny, texts, layers=layers, site=site, progress=False)
-        b = collect_resid(tiny, texts, layers=layers, site=site, progress=False, backend="fast", batch_size=2)
+        b = collect_resid(
+            tiny, texts, layers=layers, site=site, progress=False, backend="fast", batch_size=2
+        )
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
@@ -114,15 +126,22 @@ def test_shared_prefix_gives_the_full_prompt_values(tiny, site, monkeypatch):
     texts = _texts(tiny, system="you are a kind and helpful assistant who answers well")
     calls = []
     real = fast.prefix_cache
-    monkeypatch.setattr("icon2_lens.model.collect.prefix_cache", lambda twin, p: calls.append(len(p)) or real(twin, p))
+    monkeypatch.setattr(
+        "icon2_lens.model.collect.prefix_cache",
+        lambda twin, p: calls.append(len(p)) or real(twin, p),
+    )
     bridge = collect_resid(tiny, texts, site=site, progress=False)
     shared = collect_resid(tiny, texts, site=site, progress=False, backend="fast", batch_size=2)
-    plain = collect_resid(tiny, texts, site=site, progress=False, backend="fast", batch_size=2, share_prefix=False)
+    plain = collect_resid(
+        tiny, texts, site=site, progress=False, backend="fast", batch_size=2, share_prefix=False
+    )
     assert len(calls) == 1 and calls[0] >= 8  # the system prompt was computed once, for all rows
     assert torch.allclose(shared, bridge, atol=1e-5)
     assert torch.allclose(shared, plain, atol=1e-5)
     # one prompt alone equals its row in the shared batch
-    alone = collect_resid(tiny, texts[2:3], site=site, progress=False, backend="fast", share_prefix=False)
+    alone = collect_resid(
+        tiny, texts[2:3], site=site, progress=False, backend="fast", share_prefix=False
+    )
     assert torch.allclose(alone[0], shared[2], atol=1e-5)
 
 

@@ -3,11 +3,21 @@ import math
 import pytest
 import torch
 
-from icon2_lens.model.collect import collect_resid
-from icon2_lens.consistency.scores import score_consistency, scores_from_activations, wrap_instructions
+from icon2_lens.consistency.scores import (
+    score_consistency,
+    scores_from_activations,
+    wrap_instructions,
+)
 from icon2_lens.directions.set import DirectionSet
+from icon2_lens.model.collect import collect_resid
 
-INSTR = ["tell me a story", "how do i fix my code", "what is good food", "write a poem", "help me plan a trip"]
+INSTR = [
+    "tell me a story",
+    "how do i fix my code",
+    "what is good food",
+    "write a poem",
+    "help me plan a trip",
+]
 
 
 def _sets(d=16, n_layers=3, names=("a", "b"), seed=0):
@@ -15,7 +25,11 @@ def _sets(d=16, n_layers=3, names=("a", "b"), seed=0):
     out = []
     for name in names:
         v = torch.nn.functional.normalize(torch.randn(n_layers, d, generator=g), dim=-1)
-        out.append(DirectionSet(criterion=name, layers=tuple(range(n_layers)), vectors=v, method="mean_diff"))
+        out.append(
+            DirectionSet(
+                criterion=name, layers=tuple(range(n_layers)), vectors=v, method="mean_diff"
+            )
+        )
     return out
 
 
@@ -24,7 +38,9 @@ def test_dot_is_mean_over_layers_then_max_over_criteria():
     acts = torch.randn(5, 3, 16, generator=torch.Generator().manual_seed(1))
     res = scores_from_activations(acts, [0, 1, 2], sets, instructions=INSTR)
     for i in range(5):
-        manual = [float(torch.stack([acts[i, k] @ ds.vectors[k] for k in range(3)]).mean()) for ds in sets]
+        manual = [
+            float(torch.stack([acts[i, k] @ ds.vectors[k] for k in range(3)]).mean()) for ds in sets
+        ]
         assert res.scores[i].tolist() == pytest.approx(manual, rel=1e-5, abs=1e-5)
         assert res.best[i].item() == pytest.approx(max(manual), rel=1e-5, abs=1e-5)
         assert res.best_criterion[i] == ["a", "b"][max(range(2), key=lambda j: manual[j])]
@@ -35,13 +51,26 @@ def test_variants():
     acts = torch.randn(6, 3, 16, generator=torch.Generator().manual_seed(2))
     ins = [str(i) for i in range(6)]
     cos = scores_from_activations(acts, [0, 1, 2], sets, instructions=ins, scoring="cosine")
-    cos_scaled = scores_from_activations(acts * torch.tensor([1.0, 10.0, 100.0]).view(1, 3, 1), [0, 1, 2], sets,
-                                         instructions=ins, scoring="cosine")
-    assert torch.allclose(cos.scores, cos_scaled.scores, atol=1e-5)  # invariant to per-layer norm growth
+    cos_scaled = scores_from_activations(
+        acts * torch.tensor([1.0, 10.0, 100.0]).view(1, 3, 1),
+        [0, 1, 2],
+        sets,
+        instructions=ins,
+        scoring="cosine",
+    )
+    assert torch.allclose(
+        cos.scores, cos_scaled.scores, atol=1e-5
+    )  # invariant to per-layer norm growth
     z = scores_from_activations(acts, [0, 1, 2], sets, instructions=ins, scoring="zscore")
     assert torch.allclose(z.scores.mean(0), torch.zeros(2), atol=1e-5)
-    ctl = scores_from_activations(acts, [0, 1, 2], sets, instructions=ins, layers="control",
-                                  control_layers={"a": [1], "b": [2]})
+    ctl = scores_from_activations(
+        acts,
+        [0, 1, 2],
+        sets,
+        instructions=ins,
+        layers="control",
+        control_layers={"a": [1], "b": [2]},
+    )
     assert torch.allclose(ctl.scores[:, 0], acts[:, 1] @ sets[0].vectors[1], atol=1e-5)
     assert ctl.settings["layers_used"] == {"a": [1], "b": [2]}
 
@@ -49,7 +78,9 @@ def test_variants():
 def test_selection_fraction_and_threshold_are_deterministic():
     sets = _sets(names=("a",))
     acts = torch.zeros(10, 3, 16)
-    acts[:, :, :] = sets[0].vectors.unsqueeze(0) * torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3.0]).view(10, 1, 1)
+    acts[:, :, :] = sets[0].vectors.unsqueeze(0) * torch.tensor(
+        [3, 1, 4, 1, 5, 9, 2, 6, 5, 3.0]
+    ).view(10, 1, 1)
     res = scores_from_activations(acts, [0, 1, 2], sets, instructions=[str(i) for i in range(10)])
     sel = res.select(fraction=0.3)
     assert sel.kept == [5, 7, 4]  # 9, 6, then the first of the two 5s
@@ -72,8 +103,12 @@ def test_model_scores_equal_scores_from_cached_activations(tiny):
     exact = score_consistency(tiny, INSTR, sets, progress=False, backend="bridge")
     assert torch.equal(exact.scores, ref.scores)
     # a direction planted along instruction 2's own activations makes it the most consistent
-    planted = DirectionSet(criterion="planted", layers=(0, 1, 2), method="mean_diff",
-                           vectors=torch.nn.functional.normalize(acts[2], dim=-1))
+    planted = DirectionSet(
+        criterion="planted",
+        layers=(0, 1, 2),
+        method="mean_diff",
+        vectors=torch.nn.functional.normalize(acts[2], dim=-1),
+    )
     res2 = score_consistency(tiny, INSTR, [planted], scoring="cosine", progress=False)
     assert res2.select(fraction=0.2).kept == [2]
 
@@ -87,6 +122,10 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="control"):
         score_consistency(tiny, INSTR, sets, layers="control", progress=False)
     with pytest.raises(ValueError, match="scoring"):
-        scores_from_activations(torch.zeros(1, 3, 16), [0, 1, 2], sets, instructions=["x"], scoring="l2")
+        scores_from_activations(
+            torch.zeros(1, 3, 16), [0, 1, 2], sets, instructions=["x"], scoring="l2"
+        )
     with pytest.raises(ValueError, match="fraction"):
-        scores_from_activations(torch.zeros(1, 3, 16), [0, 1, 2], sets, instructions=["x"]).select(fraction=0.0)
+        scores_from_activations(torch.zeros(1, 3, 16), [0, 1, 2], sets, instructions=["x"]).select(
+            fraction=0.0
+        )

@@ -9,11 +9,15 @@ from icon2_lens.testing import tiny_model
 
 def test_generation_tokens_are_prompt_plus_generated_positions():
     model = tiny_model()
-    prompts = [render_chat(model.tokenizer, q) for q in ("hello world", "a much longer question here")]
+    prompts = [
+        render_chat(model.tokenizer, q) for q in ("hello world", "a much longer question here")
+    ]
     meter = CostMeter()
     with meter.stage("gen"):
         out = generate(model, prompts, Decoding(max_new_tokens=5, stop=False), batch_size=2)
-    prompt_tokens = sum(len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    prompt_tokens = sum(
+        len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts
+    )
     cost = meter["gen"]
     assert cost.generated_tokens == 2 * 5 == sum(len(g.token_ids) for g in out)
     # the first pass reads the prompts, each later pass one new position per row

@@ -2,7 +2,12 @@ import json
 
 import pytest
 
-from icon2_lens.directions.criteria import BUILTIN_CRITERIA, Criterion, get_criteria, load_criteria_file
+from icon2_lens.directions.criteria import (
+    BUILTIN_CRITERIA,
+    Criterion,
+    get_criteria,
+    load_criteria_file,
+)
 from icon2_lens.instructions.builtin import load_instructions, read_instruction_file
 
 
@@ -16,8 +21,12 @@ def test_builtin_criteria():
 
 def test_toml_and_json_files(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('[[criteria]]\nname = "concise"\npositive = "Be brief."\nnegative = "Ramble."\n')
-    assert load_criteria_file(toml) == [Criterion(name="concise", positive="Be brief.", negative="Ramble.")]
+    toml.write_text(
+        '[[criteria]]\nname = "concise"\npositive = "Be brief."\nnegative = "Ramble."\n'
+    )
+    assert load_criteria_file(toml) == [
+        Criterion(name="concise", positive="Be brief.", negative="Ramble.")
+    ]
     js = tmp_path / "c.json"
     js.write_text(json.dumps([{"name": "a", "positive": "p", "negative": "n", "description": "d"}]))
     assert load_criteria_file(js)[0].description == "d"

@@ -2,7 +2,12 @@ import pandas as pd
 import pytest
 import torch
 
-from icon2_lens.directions.diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
+from icon2_lens.directions.diagnostics import (
+    criterion_cosines,
+    layer_cosines,
+    layer_table,
+    recommend_interval,
+)
 from icon2_lens.directions.set import DirectionSet
 
 

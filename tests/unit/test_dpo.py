@@ -290,8 +290,20 @@ def test_train_dpo_standard_pairs_from_a_file_is_deterministic(tiny_dir, tmp_pat
 
 def test_cli_dpo(tiny_dir, tmp_path, capsys):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", conversational(4))
-    args = ["dpo", "--pairs", str(pairs), "--out", str(tmp_path / "o"), "--model", str(tiny_dir), "--max-steps", "2",
-            "--batch-size", "2", "--no-png"]
+    args = [
+        "dpo",
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        str(tiny_dir),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-png",
+    ]
     assert main(args) == 0
     assert (tmp_path / "o" / "model" / "config.json").is_file()
     capsys.readouterr()

@@ -9,8 +9,16 @@ import pytest
 from icon2_lens.instructions.builtin import load_eval_instructions, load_instructions
 
 CATEGORIES = {
-    "violence", "weapons", "illegal_access", "fraud", "harassment",
-    "self_harm", "dangerous_chemicals", "privacy", "misinformation", "theft",
+    "violence",
+    "weapons",
+    "illegal_access",
+    "fraud",
+    "harassment",
+    "self_harm",
+    "dangerous_chemicals",
+    "privacy",
+    "misinformation",
+    "theft",
 }
 
 
@@ -24,7 +32,11 @@ def _jaccard(a: str, b: str) -> float:
 
 
 def test_file_is_valid_jsonl():
-    raw = resources.files("icon2_lens.instructions").joinpath("data/eval_instructions.jsonl").read_bytes()
+    raw = (
+        resources.files("icon2_lens.instructions")
+        .joinpath("data/eval_instructions.jsonl")
+        .read_bytes()
+    )
     assert raw.endswith(b"\n")
     lines = raw.decode("utf-8").splitlines()
     assert all(line.strip() for line in lines)

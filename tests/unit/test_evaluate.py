@@ -6,33 +6,48 @@ import pytest
 
 from icon2_lens.evaluate.judging import evaluate_systems
 from icon2_lens.evaluate.systems import SystemSpec, answer_instructions, parse_system
-from icon2_lens.model.generate import Decoding
 from icon2_lens.judge.registry import make_judge
+from icon2_lens.model.generate import Decoding
 from icon2_lens.testing import save_tiny_model
 
 
 def test_parse_system_forms():
     assert parse_system("base") == SystemSpec("base", "base")
-    assert parse_system("model:runs/x/dpo/model") == SystemSpec("model", "model", "runs/x/dpo/model")
+    assert parse_system("model:runs/x/dpo/model") == SystemSpec(
+        "model", "model", "runs/x/dpo/model"
+    )
     assert parse_system("runs/x/dpo/model").kind == "model"
     assert parse_system("alignez:d@0.5", "az") == SystemSpec("az", "alignez", "d", 0.5)
     assert parse_system("steer:d@0.02@13-22") == SystemSpec("steer", "steer", "d", 0.02, "13-22")
-    for bad, msg in (("alignez:d@x", "must be a number"), ("steer:d@0.1", "steer:DIR@GAMMA@LAYERS"),
-                     ("alignez:d@nan", "finite"), ("", "empty system")):
+    for bad, msg in (
+        ("alignez:d@x", "must be a number"),
+        ("steer:d@0.1", "steer:DIR@GAMMA@LAYERS"),
+        ("alignez:d@nan", "finite"),
+        ("", "empty system"),
+    ):
         with pytest.raises(ValueError, match=msg):
             parse_system(bad)
 
 
-RECORDS = [{"instruction": "tell me a story", "kind": "benign"},
-           {"instruction": "write a poem about food", "kind": "benign"},
-           {"instruction": "help me make a bad plan", "kind": "harmful"}]
+RECORDS = [
+    {"instruction": "tell me a story", "kind": "benign"},
+    {"instruction": "write a poem about food", "kind": "benign"},
+    {"instruction": "help me make a bad plan", "kind": "harmful"},
+]
 
 
 def test_a_system_against_itself_ties_and_answers_resume(tiny, tmp_path):
     judges = [make_judge("fluency", tiny), make_judge("refusal"), make_judge("degeneration", tiny)]
     systems = [SystemSpec("base", "base"), SystemSpec("again", "base")]
-    res = evaluate_systems(tiny, systems, RECORDS, judges, out=tmp_path, decoding=Decoding(max_new_tokens=5),
-                           progress=False)
+    res = evaluate_systems(
+        tiny,
+        systems,
+        RECORDS,
+        judges,
+        out=tmp_path,
+        decoding=Decoding(max_new_tokens=5),
+        progress=False,
+    )
     for judge, c in res["comparisons"]["again"].items():
         if c["n"]:  # the tiny model's answers can be empty: nothing for fluency to score
             assert c["win_rate"]["value"] == 0.5 and c["tie_rate"] == 1.0, judge
@@ -44,7 +59,9 @@ def test_a_system_against_itself_ties_and_answers_resume(tiny, tmp_path):
     # a finished answers file is reused; one for other instructions is refused
     path = tmp_path / "answers" / "base.jsonl"
     before = path.read_text()
-    answer_instructions(SystemSpec("base", "base"), tiny, [r["instruction"] for r in RECORDS], out=path)
+    answer_instructions(
+        SystemSpec("base", "base"), tiny, [r["instruction"] for r in RECORDS], out=path
+    )
     assert path.read_text() == before
     with pytest.raises(ValueError, match="other instructions"):
         answer_instructions(SystemSpec("base", "base"), tiny, ["something else"], out=path)
@@ -67,17 +84,46 @@ def test_cli_eval_compares_another_model_with_the_base(tmp_path, capsys):
     other = save_tiny_model(tmp_path / "other", judge_labels=True, seed=1)
     ins = tmp_path / "ins.jsonl"
     ins.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    code = main(["eval", "--model", str(base), "--system", f"seed1=model:{other}", "--instructions", str(ins),
-                 "--judges", "self_pairwise,fluency,refusal", "--max-new-tokens", "5", "--out",
-                 str(tmp_path / "ev"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(base),
+            "--system",
+            f"seed1=model:{other}",
+            "--instructions",
+            str(ins),
+            "--judges",
+            "self_pairwise,fluency,refusal",
+            "--max-new-tokens",
+            "5",
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert set(res["comparisons"]["seed1"]) == {"self_pairwise", "fluency", "refusal"}
     out = capsys.readouterr().out
     assert "seed1" in out and "win rate" in out
     # the inherent judge needs directions: a clear error, not a crash
-    code = main(["eval", "--model", str(base), "--system", f"model:{other}", "--instructions", str(ins),
-                 "--judges", "inherent", "--out", str(tmp_path / "ev2"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(base),
+            "--system",
+            f"model:{other}",
+            "--instructions",
+            str(ins),
+            "--judges",
+            "inherent",
+            "--out",
+            str(tmp_path / "ev2"),
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "direction" in capsys.readouterr().err
 
 
@@ -85,12 +131,21 @@ def test_a_steered_system_at_gamma_zero_answers_like_the_base(tiny, tmp_path):
     from icon2_lens.directions.criteria import get_criteria
     from icon2_lens.directions.extract import ExtractConfig, run_extraction
 
-    run_extraction(tiny, get_criteria(["helpfulness"]), config=ExtractConfig(n_instructions=8, n_heldout=4),
-                   out=tmp_path / "ex", progress=False)
+    run_extraction(
+        tiny,
+        get_criteria(["helpfulness"]),
+        config=ExtractConfig(n_instructions=8, n_heldout=4),
+        out=tmp_path / "ex",
+        progress=False,
+    )
     ins = [r["instruction"] for r in RECORDS]
     decoding = Decoding(max_new_tokens=5)
     base = answer_instructions(SystemSpec("base", "base"), tiny, ins, decoding)
-    zero = answer_instructions(parse_system(f"steer:{tmp_path / 'ex'}@0.0@0-2"), tiny, ins, decoding)
+    zero = answer_instructions(
+        parse_system(f"steer:{tmp_path / 'ex'}@0.0@0-2"), tiny, ins, decoding
+    )
     assert [a["answer"] for a in zero] == [a["answer"] for a in base]
-    pushed = answer_instructions(parse_system(f"steer:{tmp_path / 'ex'}@5.0@0-2"), tiny, ins, decoding)
+    pushed = answer_instructions(
+        parse_system(f"steer:{tmp_path / 'ex'}@5.0@0-2"), tiny, ins, decoding
+    )
     assert [a["answer"] for a in pushed] != [a["answer"] for a in base]

@@ -5,14 +5,16 @@ import re
 
 import pytest
 
-from icon2_lens.runs.experiment import run_experiment
 from icon2_lens._files import read_jsonl
+from icon2_lens.runs.experiment import run_experiment
 from icon2_lens.testing import save_tiny_model
 
 SOURCES = ["icon2", "sp", "sampling_ranking", "self_rewarding", "icon2_unfiltered"]
 
 
-def test_experiment_end_to_end(tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning):
+def test_experiment_end_to_end(
+    tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning
+):
     cfg = tiny_experiment_config(tiny_experiment_model)
     out = tmp_path / "xp"
     result = run_experiment(cfg, out, progress=False, png=False)
@@ -26,7 +28,9 @@ def test_experiment_end_to_end(tiny_experiment_model, tiny_experiment_config, tm
     # the unfiltered source draws from the whole pool, the others from the kept instructions
     kept = {k["index"] for k in read_jsonl(out / "filter" / "kept.jsonl")}
     for source in ("icon2", "sp", "sampling_ranking", "self_rewarding"):
-        assert {r["icon2_index"] for r in read_jsonl(out / "pairs" / source / "pairs.jsonl")} <= kept
+        assert {
+            r["icon2_index"] for r in read_jsonl(out / "pairs" / source / "pairs.jsonl")
+        } <= kept
     assert set(result["comparisons"]) == set(SOURCES) | {"alignez"}
     for by_judge in result["comparisons"].values():
         assert set(by_judge) == {"inherent", "self_pairwise", "fluency", "refusal"}
@@ -35,8 +39,15 @@ def test_experiment_end_to_end(tiny_experiment_model, tiny_experiment_config, tm
             assert 0 <= w["low"] <= w["value"] <= w["high"] <= 1
         assert by_judge["refusal"]["n"] == 2 and by_judge["fluency"]["n"] <= 6
     costs = json.loads((out / "costs.json").read_text())
-    for stage in ("icon2/extract", "icon2/filter", "icon2/pairs", "sampling_ranking/judge", "self_rewarding/judge",
-                  "common/synthesize", "alignez/fit"):
+    for stage in (
+        "icon2/extract",
+        "icon2/filter",
+        "icon2/pairs",
+        "sampling_ranking/judge",
+        "self_rewarding/judge",
+        "common/synthesize",
+        "alignez/fit",
+    ):
         assert costs[stage]["seconds"] > 0 and costs[stage]["forward_tokens"] > 0, stage
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "Table 4" in report and "pending" not in report
@@ -45,8 +56,10 @@ def test_experiment_end_to_end(tiny_experiment_model, tiny_experiment_config, tm
     # finished: a second call redoes nothing and gives the same result
     again = run_experiment(cfg, out, progress=False, png=False)
     assert again == json.loads((out / "eval" / "eval.json").read_text())
-    assert json.loads((out / "costs.json").read_text())["icon2/pairs"]["forward_tokens"] == \
-        costs["icon2/pairs"]["forward_tokens"]
+    assert (
+        json.loads((out / "costs.json").read_text())["icon2/pairs"]["forward_tokens"]
+        == costs["icon2/pairs"]["forward_tokens"]
+    )
 
 
 def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning):
@@ -66,13 +79,19 @@ def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, le
     check_run_dir(tmp_path / "xp", cfg)
     other = save_tiny_model(tmp_path / "other", judge_labels=True, d_model=32)
     with pytest.raises(ValueError, match="another configuration"):
-        run_experiment(_cfg(other, experiment={"sources": ["sp"], "alignez": False}), tmp_path / "xp",
-                       progress=False, png=False)
+        run_experiment(
+            _cfg(other, experiment={"sources": ["sp"], "alignez": False}),
+            tmp_path / "xp",
+            progress=False,
+            png=False,
+        )
     with pytest.raises(ValueError, match="unknown config key.*alignez.k_dims"):
         _cfg(model_dir, alignez={"k_dims": 3})
 
 
-def test_a_source_without_pairs_is_a_clear_error(tiny_experiment_config, tmp_path, lenient_cleaning):
+def test_a_source_without_pairs_is_a_clear_error(
+    tiny_experiment_config, tmp_path, lenient_cleaning
+):
     # the plain tiny model ignores its system prompt: both sp answers are identical, all dropped
     flat = save_tiny_model(tmp_path / "flat", judge_labels=True)
     cfg = tiny_experiment_config(flat, experiment={"sources": ["sp"], "alignez": False})

@@ -6,14 +6,28 @@ import torch
 from icon2_lens.directions.criteria import Criterion, get_criteria
 from icon2_lens.directions.extract import ExtractConfig, extract_criterion, run_extraction
 
-TRAIN = ["what is a cat ?", "write a poem about the dog", "how do i save money ?", "tell me a story",
-         "fix my code bug please", "plan a trip", "explain the word happy", "why is water good ?"]
+TRAIN = [
+    "what is a cat ?",
+    "write a poem about the dog",
+    "how do i save money ?",
+    "tell me a story",
+    "fix my code bug please",
+    "plan a trip",
+    "explain the word happy",
+    "why is water good ?",
+]
 HELD = ["write a short email", "what is a bird ?", "how do i learn ?"]
-CRIT = Criterion(name="kind", positive="you are a very kind and helpful assistant", negative="you are a rude liar")
+CRIT = Criterion(
+    name="kind",
+    positive="you are a very kind and helpful assistant",
+    negative="you are a rude liar",
+)
 
 
 def _cfg(**kw):
-    return ExtractConfig(**{"method": "mean_diff", "n_instructions": 8, "n_heldout": 3, "batch_size": 4, **kw})
+    return ExtractConfig(
+        **{"method": "mean_diff", "n_instructions": 8, "n_heldout": 3, "batch_size": 4, **kw}
+    )
 
 
 def test_extract_criterion_shapes_and_meta(tiny):
@@ -22,8 +36,14 @@ def test_extract_criterion_shapes_and_meta(tiny):
     assert ds.vectors.shape == (tiny.cfg.n_layers, tiny.cfg.d_model)
     assert torch.allclose(ds.vectors.norm(dim=-1), torch.ones(tiny.cfg.n_layers), atol=1e-5)
     assert ds.meta["n_prompts"] == 8 and ds.meta["centering"] == "none"
-    assert set(res.table.columns) >= {"heldout_paired_acc", "heldout_single_acc", "separation",
-                                      "explained_variance", "cos_mean_diff", "mean_resid_norm"}
+    assert set(res.table.columns) >= {
+        "heldout_paired_acc",
+        "heldout_single_acc",
+        "separation",
+        "explained_variance",
+        "cos_mean_diff",
+        "mean_resid_norm",
+    }
     # training contrasts project positively by construction (sign orientation)
     assert all(s["scale"] > 0 for s in ds.stats)
     lo, hi = res.interval
@@ -32,22 +52,45 @@ def test_extract_criterion_shapes_and_meta(tiny):
 
 def test_same_seed_same_bytes(tmp_path, tiny):
     for name in ("a", "b"):
-        run_extraction(tiny, [CRIT], config=_cfg(method="pca"), out=tmp_path / name, train=TRAIN,
-                       heldout=HELD, figures=False, progress=False)
+        run_extraction(
+            tiny,
+            [CRIT],
+            config=_cfg(method="pca"),
+            out=tmp_path / name,
+            train=TRAIN,
+            heldout=HELD,
+            figures=False,
+            progress=False,
+        )
     for f in ("directions.safetensors", "cfg.json", "diagnostics.json"):
-        assert (tmp_path / "a" / "kind" / f).read_bytes() == (tmp_path / "b" / "kind" / f).read_bytes()
+        assert (tmp_path / "a" / "kind" / f).read_bytes() == (
+            tmp_path / "b" / "kind" / f
+        ).read_bytes()
 
 
 def test_seed_selects_instructions(tiny):
-    a = extract_criterion(tiny, CRIT, config=_cfg(n_instructions=4, seed=0), train=TRAIN, heldout=HELD, progress=False)
-    b = extract_criterion(tiny, CRIT, config=_cfg(n_instructions=4, seed=1), train=TRAIN, heldout=HELD, progress=False)
+    a = extract_criterion(
+        tiny, CRIT, config=_cfg(n_instructions=4, seed=0), train=TRAIN, heldout=HELD, progress=False
+    )
+    b = extract_criterion(
+        tiny, CRIT, config=_cfg(n_instructions=4, seed=1), train=TRAIN, heldout=HELD, progress=False
+    )
     assert a.directions.meta["instructions_sha256"] != b.directions.meta["instructions_sha256"]
 
 
 def test_outputs_and_resume(tmp_path, tiny, monkeypatch):
     out = tmp_path / "run"
     crits = [CRIT, get_criteria(["honesty"])[0]]
-    run_extraction(tiny, crits, config=_cfg(), out=out, train=TRAIN, heldout=HELD, figures=False, progress=False)
+    run_extraction(
+        tiny,
+        crits,
+        config=_cfg(),
+        out=out,
+        train=TRAIN,
+        heldout=HELD,
+        figures=False,
+        progress=False,
+    )
     for c in ("kind", "honesty"):
         assert (out / c / "directions.safetensors").is_file() and (out / c / "cfg.json").is_file()
     diag = json.loads((out / "diagnostics.json").read_text())
@@ -59,18 +102,47 @@ def test_outputs_and_resume(tmp_path, tiny, monkeypatch):
     calls = []
     real = ex.extract_criterion
     monkeypatch.setattr(ex, "extract_criterion", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = run_extraction(tiny, crits, config=_cfg(), out=out, train=TRAIN, heldout=HELD, figures=False, progress=False)
+    again = run_extraction(
+        tiny,
+        crits,
+        config=_cfg(),
+        out=out,
+        train=TRAIN,
+        heldout=HELD,
+        figures=False,
+        progress=False,
+    )
     assert calls == []
-    assert again.summary().equals(run_extraction(tiny, crits, config=_cfg(), train=TRAIN, heldout=HELD,
-                                                 figures=False, progress=False).summary())
+    assert again.summary().equals(
+        run_extraction(
+            tiny, crits, config=_cfg(), train=TRAIN, heldout=HELD, figures=False, progress=False
+        ).summary()
+    )
     # the batch size does not change results, so it does not block resuming
     calls.clear()
-    run_extraction(tiny, crits, config=_cfg(batch_size=3), out=out, train=TRAIN, heldout=HELD, figures=False, progress=False)
+    run_extraction(
+        tiny,
+        crits,
+        config=_cfg(batch_size=3),
+        out=out,
+        train=TRAIN,
+        heldout=HELD,
+        figures=False,
+        progress=False,
+    )
     assert calls == []
     # different settings in the same folder are refused, not silently mixed
     with pytest.raises(ValueError, match="different settings"):
-        run_extraction(tiny, crits, config=_cfg(method="pca"), out=out, train=TRAIN, heldout=HELD,
-                       figures=False, progress=False)
+        run_extraction(
+            tiny,
+            crits,
+            config=_cfg(method="pca"),
+            out=out,
+            train=TRAIN,
+            heldout=HELD,
+            figures=False,
+            progress=False,
+        )
 
 
 def test_bad_inputs(tiny):
@@ -79,7 +151,9 @@ def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match="empty"):
         extract_criterion(tiny, CRIT, config=_cfg(), train=TRAIN, heldout=[], progress=False)
     with pytest.raises(ValueError, match="out of range"):
-        extract_criterion(tiny, CRIT, config=_cfg(layers=(5,)), train=TRAIN, heldout=HELD, progress=False)
+        extract_criterion(
+            tiny, CRIT, config=_cfg(layers=(5,)), train=TRAIN, heldout=HELD, progress=False
+        )
     with pytest.raises(ValueError, match="unknown method"):
         ExtractConfig(method="svd")
     with pytest.raises(ValueError, match="unknown site"):
@@ -100,7 +174,11 @@ def test_model_without_chat_template():
 def test_png_failure_keeps_the_run(tmp_path, tiny, monkeypatch, caplog):
     import kaleido
 
-    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", lambda *a, **k: (_ for _ in ()).throw(OSError("no browser")))
+    monkeypatch.setattr(
+        kaleido,
+        "write_fig_from_object_sync",
+        lambda *a, **k: (_ for _ in ()).throw(OSError("no browser")),
+    )
     out = tmp_path / "run"
     run_extraction(tiny, [CRIT], config=_cfg(), out=out, train=TRAIN, heldout=HELD, progress=False)
     assert (out / "kind" / "diagnostics.json").is_file()

@@ -16,9 +16,14 @@ class _Out:
 
 def test_cache_argument_follows_the_forward_signature():
     assert forward_options(_New(), cache="c", use_cache=True, last_logits_only=True) == {
-        "use_cache": True, "cache": "c", "logits_to_keep": 1}
+        "use_cache": True,
+        "cache": "c",
+        "logits_to_keep": 1,
+    }
     assert forward_options(_Old(), cache="c", use_cache=True, last_logits_only=True) == {
-        "use_cache": True, "past_key_values": "c"}
+        "use_cache": True,
+        "past_key_values": "c",
+    }
     assert forward_options(_New(), use_cache=False) == {"use_cache": False}
 
 

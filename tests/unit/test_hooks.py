@@ -1,6 +1,11 @@
 import pytest
 
-from icon2_lens.model.hooks import normalize_layers, parse_layers, resid_hook_name, validate_hook_names
+from icon2_lens.model.hooks import (
+    normalize_layers,
+    parse_layers,
+    resid_hook_name,
+    validate_hook_names,
+)
 
 
 def test_normalize_layers():

@@ -4,8 +4,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from icon2_lens.directions.set import DirectionSet
-from icon2_lens.directions.set import load_direction_set, save_direction_set
+from icon2_lens.directions.set import DirectionSet, load_direction_set, save_direction_set
 from icon2_lens.model.load import model_fingerprint
 
 
@@ -15,8 +14,12 @@ def _ds(d=16, layers=(0, 2), model=None):
     meta = {"model_name": "m", "seed": 0}
     if model is not None:
         meta["model_fingerprint"] = model_fingerprint(model)
-    stats = tuple({"scale": 1.0 + i, "explained_variance": 0.5, "mean_resid_norm": 3.0} for i in layers)
-    return DirectionSet(criterion="honesty", layers=tuple(layers), vectors=v, method="pca", stats=stats, meta=meta)
+    stats = tuple(
+        {"scale": 1.0 + i, "explained_variance": 0.5, "mean_resid_norm": 3.0} for i in layers
+    )
+    return DirectionSet(
+        criterion="honesty", layers=tuple(layers), vectors=v, method="pca", stats=stats, meta=meta
+    )
 
 
 def test_roundtrip_bit_identical(tmp_path):

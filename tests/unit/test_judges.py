@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from icon2_lens.judge.compare import compare_pairwise, compare_pointwise, compare_systems, length_controlled_win_rate, response_lengths
 from icon2_lens.consistency.scores import score_consistency
 from icon2_lens.directions.set import DirectionSet
 from icon2_lens.judge.base import PairwiseJudge, PointwiseJudge
+from icon2_lens.judge.compare import (
+    compare_pairwise,
+    compare_pointwise,
+    compare_systems,
+    length_controlled_win_rate,
+    response_lengths,
+)
 from icon2_lens.judge.reading import FluencyJudge, InherentJudge
 from icon2_lens.judge.registry import JUDGES, make_judge
 from icon2_lens.judge.rules import DEFAULT_REFUSAL_PATTERNS, DegenerationJudge, RefusalJudge
@@ -28,10 +34,18 @@ def digit_model(tmp_path_factory):
 
     specials = ["<pad>", "<bos>", "<end>", "<unk>", "<turn>"]
     words = [*specials, *TINY_WORDS, ":", *"123456789", "A", "B"]
-    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend = Tokenizer(
+        models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>")
+    )
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<end>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=["<turn>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<end>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<turn>"],
+    )
     tok.chat_template = tiny_tokenizer().chat_template
     path = tmp_path_factory.mktemp("digit_tokenizer")
     tok.save_pretrained(path)
@@ -48,21 +62,35 @@ def model():
 def _sets(model, names=("a", "b"), seed=0):
     g = torch.Generator().manual_seed(seed)
     n, d = model.cfg.n_layers, model.cfg.d_model
-    return {c: DirectionSet(criterion=c, layers=tuple(range(n)), method="mean_diff",
-                            vectors=torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1))
-            for c in names}
+    return {
+        c: DirectionSet(
+            criterion=c,
+            layers=tuple(range(n)),
+            method="mean_diff",
+            vectors=torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1),
+        )
+        for c in names
+    }
 
 
 # --- protocols and registry ----------------------------------------------------------------------
 
 
 def test_judges_follow_their_protocol(model, digit_model):
-    judges = [InherentJudge(model, _sets(model)), SelfRatingJudge(digit_model), FluencyJudge(model),
-              DegenerationJudge(model), RefusalJudge(), SelfPairwiseJudge(digit_model)]
+    judges = [
+        InherentJudge(model, _sets(model)),
+        SelfRatingJudge(digit_model),
+        FluencyJudge(model),
+        DegenerationJudge(model),
+        RefusalJudge(),
+        SelfPairwiseJudge(digit_model),
+    ]
     for judge in judges:
         expected = PairwiseJudge if judge.kind == "pairwise" else PointwiseJudge
         assert isinstance(judge, expected)
-        assert judge.name in JUDGES and "\n" not in judge.description and len(judge.description) > 40
+        assert (
+            judge.name in JUDGES and "\n" not in judge.description and len(judge.description) > 40
+        )
     assert {j.name for j in judges} == set(JUDGES)
 
 
@@ -74,7 +102,9 @@ def test_make_judge_builds_and_rejects(model, digit_model):
     with pytest.raises(ValueError, match="needs a model"):
         make_judge("fluency")
     assert make_judge("inherent", model, direction_sets=_sets(model), read="last").read == "last"
-    inherent = make_judge("inherent", model, direction_sets=_sets(model), layers={"a": [2], "b": [0, 1]})
+    inherent = make_judge(
+        "inherent", model, direction_sets=_sets(model), layers={"a": [2], "b": [0, 1]}
+    )
     assert inherent.layers == {"a": [2], "b": [0, 1]}
     # the shared options are accepted, and ignored, by the judges that do not read directions
     for name in ("fluency", "refusal", "degeneration"):
@@ -89,14 +119,18 @@ def test_make_judge_builds_and_rejects(model, digit_model):
 
 def test_self_rating_lies_on_the_scale_and_ignores_the_batch(digit_model):
     judge = SelfRatingJudge(digit_model, scale=5, batch_size=8)
-    both = judge.score([INS[0], INS[2]], [RES_A[0], "the cat " * 12])  # a longer neighbour pads row 0
+    both = judge.score(
+        [INS[0], INS[2]], [RES_A[0], "the cat " * 12]
+    )  # a longer neighbour pads row 0
     alone = judge.score([INS[0]], [RES_A[0]])
     assert np.allclose(both[0], alone[0], rtol=0, atol=1e-9)
     scores = judge.score(INS, RES_A)
     assert scores.dtype == np.float64 and np.all((scores >= 1) & (scores <= 5))
     assert np.allclose(judge.distribution(INS, RES_A).sum(axis=1), 1.0)
     assert 0 < judge.last_label_mass <= 1
-    assert np.array_equal(judge.score(INS[:2], [RES_A[0]] * 2), judge.score(INS[:2], [RES_A[0]] * 2))
+    assert np.array_equal(
+        judge.score(INS[:2], [RES_A[0]] * 2), judge.score(INS[:2], [RES_A[0]] * 2)
+    )
 
 
 def test_self_rating_backends_agree(digit_model):
@@ -124,7 +158,9 @@ def test_self_pairwise_is_antisymmetric_and_exactly_half_on_identical_pairs(digi
     ba = judge.prefer(INS, RES_B, RES_A)
     assert np.allclose(ab + ba, 1.0, rtol=0, atol=1e-12)
     assert judge.last_position_bias == pytest.approx(bias)
-    assert np.all((ab >= 0) & (ab <= 1)) and np.any(ab != 0.5)  # the tiny random model barely prefers
+    assert np.all((ab >= 0) & (ab <= 1)) and np.any(
+        ab != 0.5
+    )  # the tiny random model barely prefers
 
 
 def test_pairwise_comparison_swaps_and_notes_position_bias(digit_model):
@@ -162,7 +198,9 @@ def test_inherent_scores_higher_what_a_planted_direction_reads_higher(model):
     planted = torch.nn.functional.normalize(read[0] - read[1], dim=-1)  # [layer, d_model]
     ds = DirectionSet(criterion="toy", layers=(1, 2), vectors=planted)
     up = InherentJudge(model, {"toy": ds}).score(ins, res)
-    down = InherentJudge(model, {"toy": DirectionSet(criterion="toy", layers=(1, 2), vectors=-planted)}).score(ins, res)
+    down = InherentJudge(
+        model, {"toy": DirectionSet(criterion="toy", layers=(1, 2), vectors=-planted)}
+    ).score(ins, res)
     assert up[0] > up[1] and down[0] < down[1]
 
 
@@ -185,20 +223,34 @@ def test_swapping_systems_mirrors_the_win_rate(model):
     ba = compare_systems(judge, INS, RES_B, RES_A, n_boot=300, seed=1)
     assert ab.win_rate.value == pytest.approx(1 - ba.win_rate.value)
     assert ab.lc_win_rate.value == pytest.approx(1 - ba.lc_win_rate.value, abs=1e-6)
-    assert ab.mean_length_a == ba.mean_length_b == pytest.approx(response_lengths(RES_A, model.tokenizer).mean())
+    assert (
+        ab.mean_length_a
+        == ba.mean_length_b
+        == pytest.approx(response_lengths(RES_A, model.tokenizer).mean())
+    )
 
 
 # --- rule judges ------------------------------------------------------------------------------------
 
 
 def test_refusal_judge_flags_refusals_not_answers():
-    refusals = ["I'm sorry, but I can't help with that.", "I cannot provide instructions for this.",
-                "As an AI language model, I do not have opinions.", "I won't assist with that request.",
-                "Sorry — I am not able to provide that information.", "I must decline this request.",
-                "I cannot and will not do that."]
-    answers = ["Sure! Here is a short story about a cat.", "Paris is the capital of France.",
-               "I can help with that: first, preheat the oven.", "You cannot go wrong with rice.",
-               "I cannot recommend this book enough.", "Step one: " + "x " * 150 + "I can't help you with that."]
+    refusals = [
+        "I'm sorry, but I can't help with that.",
+        "I cannot provide instructions for this.",
+        "As an AI language model, I do not have opinions.",
+        "I won't assist with that request.",
+        "Sorry — I am not able to provide that information.",
+        "I must decline this request.",
+        "I cannot and will not do that.",
+    ]
+    answers = [
+        "Sure! Here is a short story about a cat.",
+        "Paris is the capital of France.",
+        "I can help with that: first, preheat the oven.",
+        "You cannot go wrong with rice.",
+        "I cannot recommend this book enough.",
+        "Step one: " + "x " * 150 + "I can't help you with that.",
+    ]
     judge = RefusalJudge()
     assert judge.score([""] * 7, refusals).tolist() == [1.0] * 7
     assert judge.score([""] * 6, answers).tolist() == [0.0] * 6
@@ -207,7 +259,11 @@ def test_refusal_judge_flags_refusals_not_answers():
 
 def test_degeneration_judge(model):
     judge = DegenerationJudge(model)
-    assert judge.score(["x"] * 3, ["the cat sat on the mat", "  ", "dog " * 30]).tolist() == [1.0, 0.0, 0.0]
+    assert judge.score(["x"] * 3, ["the cat sat on the mat", "  ", "dog " * 30]).tolist() == [
+        1.0,
+        0.0,
+        0.0,
+    ]
 
 
 # --- comparison and length control ---------------------------------------------------------------------
@@ -221,7 +277,9 @@ def test_length_control_moves_a_length_driven_win_rate_toward_half():
     lc = length_controlled_win_rate(outcomes, diff, np.zeros_like(diff))
     assert raw > 0.7 and abs(lc - 0.5) < abs(raw - 0.5)
     unrelated = rng.permutation(outcomes)  # the same win rate, independent of length
-    assert length_controlled_win_rate(unrelated, diff, np.zeros_like(diff)) == pytest.approx(raw, abs=0.06)
+    assert length_controlled_win_rate(unrelated, diff, np.zeros_like(diff)) == pytest.approx(
+        raw, abs=0.06
+    )
 
 
 def test_length_control_degenerate_cases_fall_back_to_the_raw_rate():
@@ -229,10 +287,18 @@ def test_length_control_degenerate_cases_fall_back_to_the_raw_rate():
     assert length_controlled_win_rate(np.ones(10), lengths, np.zeros(10)) == 1.0
     assert length_controlled_win_rate(np.zeros(10), lengths, np.zeros(10)) == 0.0
     mixed = np.array([1, 0, 0.5, 1, 1, 0, 1, 0.25, 1, 1])
-    assert length_controlled_win_rate(mixed, np.full(10, 7.0), np.full(10, 3.0)) == pytest.approx(mixed.mean())
+    assert length_controlled_win_rate(mixed, np.full(10, 7.0), np.full(10, 3.0)) == pytest.approx(
+        mixed.mean()
+    )
     assert length_controlled_win_rate([1.0], [5], [3]) == 1.0
-    c = compare_pointwise(np.ones(5), np.zeros(5), lengths_a=np.arange(5), lengths_b=np.zeros(5),
-                          judge_name="toy", n_boot=100)
+    c = compare_pointwise(
+        np.ones(5),
+        np.zeros(5),
+        lengths_a=np.arange(5),
+        lengths_b=np.zeros(5),
+        judge_name="toy",
+        n_boot=100,
+    )
     assert c.win_rate.value == c.lc_win_rate.value == 1.0 == c.lc_win_rate.low
 
 
@@ -252,8 +318,14 @@ def test_comparison_intervals_drop_nan_and_are_seeded():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=30), rng.normal(size=30)
     a[[3, 7]] = np.nan
-    kw = dict(lengths_a=rng.integers(5, 50, 30), lengths_b=rng.integers(5, 50, 30), judge_name="toy",
-              description="toy scores", n_boot=300, seed=4)
+    kw = dict(
+        lengths_a=rng.integers(5, 50, 30),
+        lengths_b=rng.integers(5, 50, 30),
+        judge_name="toy",
+        description="toy scores",
+        n_boot=300,
+        seed=4,
+    )
     c = compare_pointwise(a, b, **kw)
     assert c.n == 28 and c.n_dropped == 2 and c.outcomes.shape == (28,)
     assert c.win_rate.low <= c.win_rate.value <= c.win_rate.high
@@ -269,5 +341,7 @@ def test_comparison_intervals_drop_nan_and_are_seeded():
 
 def test_default_lengths_are_words_without_a_tokenizer():
     assert response_lengths(["a b c", ""]).tolist() == [3.0, 0.0]
-    c = compare_systems(RefusalJudge(), ["x", "y"], ["I cannot help you.", "ok"], ["sure thing", "ok"], n_boot=50)
+    c = compare_systems(
+        RefusalJudge(), ["x", "y"], ["I cannot help you.", "ok"], ["sure thing", "ok"], n_boot=50
+    )
     assert (c.mean_length_a, c.mean_length_b) == (2.5, 1.5)

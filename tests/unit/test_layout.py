@@ -47,7 +47,9 @@ def _imports(name: str, path: Path, *, top_level_only: bool = False) -> list[tup
                     full = f"{target}.{alias.name}"
                     out.append((full if full in MODULES else target, alias.name, node.lineno))
         elif isinstance(node, ast.Import):
-            out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("icon2_lens")]
+            out += [
+                (a.name, "", node.lineno) for a in node.names if a.name.startswith("icon2_lens")
+            ]
     return out
 
 
@@ -57,21 +59,36 @@ def _subpackage(module: str) -> str:
 
 
 def test_no_module_is_too_long():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        m: n
+        for m, p in MODULES.items()
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
 def test_no_private_name_is_imported_across_subpackages():
-    bad = [f"{m}:{line} imports {n} from {t}" for m, p in MODULES.items() for t, n, line in _imports(m, p)
-           if n.startswith("_") and not n.startswith("__") and _subpackage(t) != _subpackage(m)]
+    bad = [
+        f"{m}:{line} imports {n} from {t}"
+        for m, p in MODULES.items()
+        for t, n, line in _imports(m, p)
+        if n.startswith("_") and not n.startswith("__") and _subpackage(t) != _subpackage(m)
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_no_import_circle():
     # every import counts, also those inside functions: a circle there is a layering error too
-    graph = {m: {t for t, _, _ in _imports(m, p) if t in MODULES and t != m and not m.startswith(t + ".")}
-             for m, p in MODULES.items()}
-    graph = {m: {t for t in deps if not (MODULES[t].name == "__init__.py" and t == "icon2_lens")} for m, deps in graph.items()}
+    graph = {
+        m: {
+            t for t, _, _ in _imports(m, p) if t in MODULES and t != m and not m.startswith(t + ".")
+        }
+        for m, p in MODULES.items()
+    }
+    graph = {
+        m: {t for t in deps if not (MODULES[t].name == "__init__.py" and t == "icon2_lens")}
+        for m, deps in graph.items()
+    }
     state: dict[str, int] = {}
     circles = []
 
@@ -79,7 +96,7 @@ def test_no_import_circle():
         state[m] = 1
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                circles.append(" -> ".join(stack[stack.index(t):] + [t]))
+                circles.append(" -> ".join(stack[stack.index(t) :] + [t]))
             elif t not in state:
                 visit(t, stack + [t])
         state[m] = 2
@@ -91,22 +108,34 @@ def test_no_import_circle():
 
 
 def _allowed(subpackage: str) -> set[str]:
-    doc = ast.get_docstring(ast.parse((PKG / subpackage / "__init__.py").read_text(encoding="utf-8"))) or ""
+    doc = (
+        ast.get_docstring(ast.parse((PKG / subpackage / "__init__.py").read_text(encoding="utf-8")))
+        or ""
+    )
     match = re.search(r"May import: (.+?)(?:\.|$)", " ".join(doc.split()))
-    assert match, f"icon2_lens.{subpackage}'s docstring does not say what it may import ('May import: ...')"
+    assert match, (
+        f"icon2_lens.{subpackage}'s docstring does not say what it may import ('May import: ...')"
+    )
     words = re.findall(r"[a-z_]+", match.group(1))
     if "every" in words:
         return {_subpackage(m) for m in MODULES}
     return {w for w in words if (PKG / w).is_dir()}
 
 
-SUBPACKAGES = sorted({_subpackage(m) for m, p in MODULES.items() if p.name == "__init__.py" and _subpackage(m)})
+SUBPACKAGES = sorted(
+    {_subpackage(m) for m, p in MODULES.items() if p.name == "__init__.py" and _subpackage(m)}
+)
 
 
 @pytest.mark.parametrize("subpackage", SUBPACKAGES)
 def test_each_subpackage_documents_itself_and_imports_only_what_it_says(subpackage):
-    doc = ast.get_docstring(ast.parse((PKG / subpackage / "__init__.py").read_text(encoding="utf-8"))) or ""
-    assert "Reads" in doc and "Writes" in doc, f"icon2_lens.{subpackage}: say what it reads and writes"
+    doc = (
+        ast.get_docstring(ast.parse((PKG / subpackage / "__init__.py").read_text(encoding="utf-8")))
+        or ""
+    )
+    assert "Reads" in doc and "Writes" in doc, (
+        f"icon2_lens.{subpackage}: say what it reads and writes"
+    )
     allowed = _allowed(subpackage) | {subpackage}
     bad = []
     for m, p in MODULES.items():
@@ -121,7 +150,9 @@ def test_each_subpackage_documents_itself_and_imports_only_what_it_says(subpacka
 
 def test_low_level_modules_import_nothing_of_the_package():
     for name in ("_files", "_types", "_config", "figures"):
-        assert not _imports(f"icon2_lens.{name}", PKG / f"{name}.py"), f"icon2_lens.{name} imports the package"
+        assert not _imports(f"icon2_lens.{name}", PKG / f"{name}.py"), (
+            f"icon2_lens.{name} imports the package"
+        )
 
 
 def test_top_level_namespace_is_small_and_lazy():
@@ -132,5 +163,7 @@ def test_top_level_namespace_is_small_and_lazy():
     for name in icon2_lens.__all__:
         assert getattr(icon2_lens, name) is not None
     code = "import sys, icon2_lens; print(sorted(m for m in ('torch', 'trl', 'transformer_lens') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]", f"importing icon2_lens loads {out.strip()}"

@@ -3,17 +3,25 @@ import json
 import pytest
 import torch
 
-from icon2_lens.model.chat import encode_prompts, render_chat
-from icon2_lens.directions.set import DirectionSet
-from icon2_lens.model.generate import Decoding, generate_rows
 from icon2_lens._files import read_jsonl
 from icon2_lens.consistency.filter import KeptInstruction
-from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
-from icon2_lens.judge.rules import degeneracy, repetition_rate
+from icon2_lens.directions.set import DirectionSet
 from icon2_lens.directions.steer import SteeringSpec
+from icon2_lens.judge.rules import degeneracy, repetition_rate
+from icon2_lens.model.chat import encode_prompts, render_chat
+from icon2_lens.model.generate import generate_rows
+from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 
-WORDS = ["tell me a story", "how do i fix my code", "what is good food", "write a poem about the cat",
-         "help me plan a trip", "explain money", "why is the dog happy", "make a list of food"]
+WORDS = [
+    "tell me a story",
+    "how do i fix my code",
+    "what is good food",
+    "write a poem about the cat",
+    "help me plan a trip",
+    "explain money",
+    "why is the dog happy",
+    "make a list of food",
+]
 
 
 def _sets(model, names=("a", "b"), d=None):
@@ -23,8 +31,13 @@ def _sets(model, names=("a", "b"), d=None):
     for name in names:
         v = torch.nn.functional.normalize(torch.randn(model.cfg.n_layers, d, generator=g), dim=-1)
         stats = tuple({"mean_resid_norm": 50.0} for _ in range(model.cfg.n_layers))
-        out[name] = DirectionSet(criterion=name, layers=tuple(range(model.cfg.n_layers)), vectors=v,
-                                 method="mean_diff", stats=stats)
+        out[name] = DirectionSet(
+            criterion=name,
+            layers=tuple(range(model.cfg.n_layers)),
+            vectors=v,
+            method="mean_diff",
+            stats=stats,
+        )
     return out
 
 
@@ -32,8 +45,16 @@ def _kept():
     return [KeptInstruction(10 + i, w, "ab"[i % 2], float(i)) for i, w in enumerate(WORDS)]
 
 
-CFG = PairConfig(gamma_pos=0.4, gamma_neg=-0.4, layers=(0, 1, 2), batch_size=3, max_repetition=0.9,
-                 max_new_tokens=8, do_sample=True, seed=1)
+CFG = PairConfig(
+    gamma_pos=0.4,
+    gamma_neg=-0.4,
+    layers=(0, 1, 2),
+    batch_size=3,
+    max_repetition=0.9,
+    max_new_tokens=8,
+    do_sample=True,
+    seed=1,
+)
 
 
 def test_records_are_trl_conversational_with_provenance(tiny):
@@ -44,9 +65,19 @@ def test_records_are_trl_conversational_with_provenance(tiny):
         assert r["prompt"] == [{"role": "user", "content": WORDS[r["icon2_index"] - 10]}]
         assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
         assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
-        assert r["icon2_gamma_pos"] == 0.4 and r["icon2_gamma_neg"] == -0.4 and r["icon2_layers"] == [0, 1, 2]
-        for key in ("icon2_criterion", "icon2_site", "icon2_direction_id", "icon2_seed", "icon2_model",
-                    "icon2_consistency"):
+        assert (
+            r["icon2_gamma_pos"] == 0.4
+            and r["icon2_gamma_neg"] == -0.4
+            and r["icon2_layers"] == [0, 1, 2]
+        )
+        for key in (
+            "icon2_criterion",
+            "icon2_site",
+            "icon2_direction_id",
+            "icon2_seed",
+            "icon2_model",
+            "icon2_consistency",
+        ):
             assert key in r
         json.dumps(r)
 
@@ -61,20 +92,26 @@ def test_pairs_equal_separately_steered_generations(tiny):
         rows = encode_prompts(tiny.tokenizer, [render_chat(tiny.tokenizer, item.instruction)])
         for sign, key in ((0.4, "chosen"), (-0.4, "rejected")):
             spec = SteeringSpec(directions=sets[item.criterion], gamma=sign, layers=[0, 1, 2])
-            alone = generate_rows(tiny, rows, CFG.decoding, steering=[spec], row_seeds=[item.index])[0]
+            alone = generate_rows(
+                tiny, rows, CFG.decoding, steering=[spec], row_seeds=[item.index]
+            )[0]
             assert by_index[item.index][key][0]["content"] == alone.text
 
 
 def test_resume_after_interruption_gives_every_pair_once(tiny, tmp_path):
     sets = _sets(tiny)
     full = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "full", progress=False)
-    part = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "resumed", progress=False, limit=1)
+    part = generate_pairs(
+        tiny, _kept(), sets, CFG, out=tmp_path / "resumed", progress=False, limit=1
+    )
     assert part.counts["done"] == 3
     # a torn last line, as left by a kill in the middle of a write
     with open(tmp_path / "resumed" / "pairs.jsonl", "a", encoding="utf-8") as f:
         f.write('{"prompt": [{"role": "us')
     again = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "resumed", progress=False)
-    on_disk = read_jsonl(tmp_path / "resumed" / "pairs.jsonl") + read_jsonl(tmp_path / "resumed" / "dropped.jsonl")
+    on_disk = read_jsonl(tmp_path / "resumed" / "pairs.jsonl") + read_jsonl(
+        tmp_path / "resumed" / "dropped.jsonl"
+    )
     indices = [r["icon2_index"] for r in on_disk]
     assert sorted(indices) == [k.index for k in _kept()]  # each exactly once
     assert again.records == full.records and again.dropped == full.dropped
@@ -86,14 +123,23 @@ def test_resume_after_interruption_gives_every_pair_once(tiny, tmp_path):
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     sets = _sets(tiny)
     generate_pairs(tiny, _kept()[:2], sets, CFG, out=tmp_path, progress=False)
-    other = PairConfig(gamma_pos=0.2, gamma_neg=-0.4, layers=(0, 1, 2), max_new_tokens=8, do_sample=True, seed=1)
+    other = PairConfig(
+        gamma_pos=0.2, gamma_neg=-0.4, layers=(0, 1, 2), max_new_tokens=8, do_sample=True, seed=1
+    )
     with pytest.raises(ValueError, match="different settings.*pair_config"):
         generate_pairs(tiny, _kept()[:2], sets, other, out=tmp_path, progress=False)
 
 
 def test_identical_and_degenerate_outputs_are_dropped_and_counted(tiny):
-    cfg = PairConfig(gamma_pos=0.0, gamma_neg=0.0, layers=(0, 1), max_new_tokens=8, do_sample=True, seed=1,
-                     max_repetition=0.9)
+    cfg = PairConfig(
+        gamma_pos=0.0,
+        gamma_neg=0.0,
+        layers=(0, 1),
+        max_new_tokens=8,
+        do_sample=True,
+        seed=1,
+        max_repetition=0.9,
+    )
     res = generate_pairs(tiny, _kept(), _sets(tiny), cfg, progress=False)
     assert res.records == []
     assert sum(res.counts["dropped"].values()) == len(WORDS)

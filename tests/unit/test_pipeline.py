@@ -18,7 +18,13 @@ def _cfg(model_dir, **over):
         extract={"criteria": ["helpfulness", "honesty"], "n_instructions": 12, "n_heldout": 6},
         synthesize={"n": 48, "max_new_tokens": 10, "batch_size": 16},
         filter={"fraction": 1.0},
-        pairs={"layers": "0-2", "gamma_pos": 2.0, "gamma_neg": -2.0, "max_new_tokens": 8, "do_sample": True},
+        pairs={
+            "layers": "0-2",
+            "gamma_pos": 2.0,
+            "gamma_neg": -2.0,
+            "max_new_tokens": 8,
+            "do_sample": True,
+        },
         dpo={"per_device_train_batch_size": 2, "max_length": 64, "learning_rate": 1e-3},
         evaluate={"n_heldout": 4, "max_new_tokens": 6},
         **over,
@@ -35,8 +41,11 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
 
     # the tiny model writes random words; let every sample through the request heuristics
     real = synthesize.clean_instructions
-    monkeypatch.setattr(synthesize, "clean_instructions",
-                        lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}))
+    monkeypatch.setattr(
+        synthesize,
+        "clean_instructions",
+        lambda texts, **k: real(texts, **{**k, "min_words": 1, "min_chars": 1}),
+    )
     cfg = _cfg(model_dir)
     out = tmp_path / "run"
     run_pipeline(cfg, out, progress=False, png=False, stop_after="filter")
@@ -58,7 +67,9 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert "pending" not in report and "Held-out evaluation" in report
     targets = re.findall(r"\]\(([^)]+)\)", report)
-    assert targets and all((out / t).is_file() for t in targets)  # figures addressed from the report's folder
+    assert targets and all(
+        (out / t).is_file() for t in targets
+    )  # figures addressed from the report's folder
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {"extract", "synthesize", "filter", "pairs", "dpo", "evaluate"}
@@ -82,19 +93,57 @@ def test_cli_sweep_on_a_model_directory(model_dir, tmp_path, capsys):
     from icon2_lens.model.load import load_model
     from icon2_lens.runs.stages import stage_extract
 
-    stage_extract(load_model(str(model_dir)), _cfg(model_dir).extract, tmp_path / "ex", progress=False)
-    code = main(["sweep", "--model", str(model_dir), "--directions", str(tmp_path / "ex"), "--n", "3",
-                 "--gammas=-2,2", "--intervals", "0-1;1-2", "--max-new-tokens", "4", "--no-png",
-                 "--no-progress", "--out", str(tmp_path / "sw")])
+    stage_extract(
+        load_model(str(model_dir)), _cfg(model_dir).extract, tmp_path / "ex", progress=False
+    )
+    code = main(
+        [
+            "sweep",
+            "--model",
+            str(model_dir),
+            "--directions",
+            str(tmp_path / "ex"),
+            "--n",
+            "3",
+            "--gammas=-2,2",
+            "--intervals",
+            "0-1;1-2",
+            "--max-new-tokens",
+            "4",
+            "--no-png",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "sw"),
+        ]
+    )
     assert code == 0
     data = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert {r["interval"] for r in data["by_gamma"]} == {"0-1", "1-2"}
     assert {r["gamma"] for r in data["by_gamma"]} == {-2.0, 0.0, 2.0}
     assert (tmp_path / "sw" / "sweep.html").is_file()
     # the rule re-applied to the saved responses, without generating anything
-    assert main(["sweep", "--out", str(tmp_path / "sw"), "--rechoose", "--min-win", "1.5", "--no-png"]) == 0
+    assert (
+        main(["sweep", "--out", str(tmp_path / "sw"), "--rechoose", "--min-win", "1.5", "--no-png"])
+        == 0
+    )
     again = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert again["rule"]["min_win"] == 1.5 and "reason" in again["choice"]
-    pd.testing.assert_frame_equal(pd.DataFrame(again["by_gamma"]), pd.DataFrame(data["by_gamma"]), check_exact=False)
-    assert main(["sweep", "--model", str(model_dir), "--directions", str(tmp_path / "ex"),
-                 "--intervals", "0-9", "--out", str(tmp_path / "sw2")]) == 2
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(again["by_gamma"]), pd.DataFrame(data["by_gamma"]), check_exact=False
+    )
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                str(model_dir),
+                "--directions",
+                str(tmp_path / "ex"),
+                "--intervals",
+                "0-9",
+                "--out",
+                str(tmp_path / "sw2"),
+            ]
+        )
+        == 2
+    )

@@ -2,15 +2,17 @@ import pandas as pd
 import pytest
 import torch
 
-from icon2_lens.model.chat import render_chat
-from icon2_lens.model.collect import collect_resid
 from icon2_lens.directions.set import DirectionSet
 from icon2_lens.judge.reading import score_responses
+from icon2_lens.model.chat import render_chat
+from icon2_lens.model.collect import collect_resid
 from icon2_lens.pairs.sweep import choose_setting, summarize_sweep
 
 
 def _ds(model):
-    v = torch.nn.functional.normalize(torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=-1)
+    v = torch.nn.functional.normalize(
+        torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
     return DirectionSet(criterion="toy", layers=(0, 1, 2), vectors=v, method="mean_diff")
 
 
@@ -28,22 +30,41 @@ def test_score_responses_matches_direct_computation(tiny):
         logp = torch.log_softmax(tiny(ids)[0].float(), -1)
         nll = -torch.stack([logp[len(prompt) + k - 1, t] for k, t in enumerate(answer)]).mean()
         assert out["nll"][i].item() == pytest.approx(nll.item(), rel=1e-4)
-        acts = collect_resid(tiny, [render_chat(tok, ins[i]) + res[i]], layers=[1, 2], progress=False)[0]
+        acts = collect_resid(
+            tiny, [render_chat(tok, ins[i]) + res[i]], layers=[1, 2], progress=False
+        )[0]
         proj = (acts[0] @ ds[1] + acts[1] @ ds[2]) / 2
         assert out["projection"][i].item() == pytest.approx(proj.item(), rel=1e-4, abs=1e-4)
         assert out["n_tokens"][i].item() == len(answer)
         # read="mean": the projection averaged over the response's own positions
         with torch.no_grad(), tiny.hooks(fwd_hooks=[]):
-            _, cache = tiny.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
-        per_pos = [cache[f"blocks.{layer}.hook_resid_post"][0, len(prompt):] @ ds[layer] for layer in (1, 2)]
+            _, cache = tiny.run_with_cache(
+                ids, names_filter=lambda n: n.endswith("hook_resid_post")
+            )
+        per_pos = [
+            cache[f"blocks.{layer}.hook_resid_post"][0, len(prompt) :] @ ds[layer]
+            for layer in (1, 2)
+        ]
         expected = torch.stack(per_pos).mean(dim=1).mean()
         assert mean["projection"][i].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-4)
         assert mean["nll"][i].item() == pytest.approx(out["nll"][i].item(), rel=1e-6)
 
 
 def _responses(rows):
-    return pd.DataFrame(rows, columns=["interval", "gamma", "index", "score", "nll", "repetition", "length",
-                                       "finished", "degenerate"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "interval",
+            "gamma",
+            "index",
+            "score",
+            "nll",
+            "repetition",
+            "length",
+            "finished",
+            "degenerate",
+        ],
+    )
 
 
 def test_degenerate_pairs_count_as_losses_and_the_clearest_interval_wins():
@@ -51,13 +72,17 @@ def test_degenerate_pairs_count_as_losses_and_the_clearest_interval_wins():
     for label, spread in (("a", 1.0), ("b", 0.1)):
         for i in range(10):
             noise = spread * ((i % 3) - 1)  # gaps vary more in interval "a"
-            rows += [(label, 0.0, i, 0.0, 1.0, 0.0, 50, True, False),
-                     (label, 0.02, i, 2.0 + noise, 1.1, 0.0, 50, True, False),
-                     # γ⁻ = −0.02: always below chosen, but degenerate on 2 of 10 instructions
-                     (label, -0.02, i, -1.0, 1.1, 0.0, 50, True, i < 2),
-                     (label, -0.04, i, -2.0, 1.2, 0.0, 50, True, False)]
+            rows += [
+                (label, 0.0, i, 0.0, 1.0, 0.0, 50, True, False),
+                (label, 0.02, i, 2.0 + noise, 1.1, 0.0, 50, True, False),
+                # γ⁻ = −0.02: always below chosen, but degenerate on 2 of 10 instructions
+                (label, -0.02, i, -1.0, 1.1, 0.0, 50, True, i < 2),
+                (label, -0.04, i, -2.0, 1.2, 0.0, 50, True, False),
+            ]
     result = summarize_sweep(_responses(rows))
-    row = result.pairs[(result.pairs["interval"] == "a") & (result.pairs["gamma_neg"] == -0.02)].iloc[0]
+    row = result.pairs[
+        (result.pairs["interval"] == "a") & (result.pairs["gamma_neg"] == -0.02)
+    ].iloc[0]
     assert row["win"] == 1.0 and row["usable"] == 0.8 and row["win_usable"] == 0.8
     choice = choose_setting(result, min_win=0.9)
     assert choice["gamma_neg"] == -0.04  # −0.02 loses its degenerate pairs: usable win 0.8 < 0.9
@@ -68,8 +93,14 @@ def test_degenerate_pairs_count_as_losses_and_the_clearest_interval_wins():
 def test_choose_setting_follows_the_rule():
     rows = []
     # chosen quality: 0.04 scores highest but is not fluent (nll jump); 0.02 is the best fluent γ⁺
-    plan = {0.0: (0.0, 1.0), 0.02: (1.0, 1.1), 0.04: (2.0, 2.0), -0.02: (-0.1, 1.1), -0.04: (-1.0, 1.2),
-            -0.06: (-2.0, 1.5)}
+    plan = {
+        0.0: (0.0, 1.0),
+        0.02: (1.0, 1.1),
+        0.04: (2.0, 2.0),
+        -0.02: (-0.1, 1.1),
+        -0.04: (-1.0, 1.2),
+        -0.06: (-2.0, 1.5),
+    }
     for i in range(10):
         for g, (score, nll) in plan.items():
             # γ⁻ = −0.02 beats γ⁺ = 0.02 on 3 of 10 instructions: win 0.7 < 0.9
@@ -91,7 +122,9 @@ def test_fast_and_bridge_readings_agree_and_project_any_direction(tiny, read):
     ins = ["tell me a story", "what is good food", "help me", "why"]
     res = ["the cat sat on the mat", "water", "i am very happy today and you", ""]
     fast = read_responses(tiny, ins, res, layers=[0, 2], read=read, batch_size=3)
-    bridge = read_responses(tiny, ins, res, layers=[0, 2], read=read, batch_size=3, backend="bridge")
+    bridge = read_responses(
+        tiny, ins, res, layers=[0, 2], read=read, batch_size=3, backend="bridge"
+    )
     assert torch.allclose(fast.readings, bridge.readings, atol=1e-5)
     assert torch.allclose(fast.nll[:3], bridge.nll[:3], atol=1e-5) and torch.isnan(fast.nll[3])
     ds = _ds(tiny)

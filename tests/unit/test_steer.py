@@ -8,7 +8,9 @@ from icon2_lens.directions.steer import SteeringSpec, make_steering_hooks, steer
 def _ds(model, layers=None, norm=4.0):
     layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(layers)
     g = torch.Generator().manual_seed(0)
-    v = torch.nn.functional.normalize(torch.randn(len(layers), model.cfg.d_model, generator=g), dim=-1)
+    v = torch.nn.functional.normalize(
+        torch.randn(len(layers), model.cfg.d_model, generator=g), dim=-1
+    )
     stats = tuple({"mean_resid_norm": norm * (1 + i)} for i in range(len(layers)))
     return DirectionSet(criterion="toy", layers=layers, vectors=v, method="mean_diff", stats=stats)
 
@@ -41,8 +43,8 @@ def test_per_row_gamma_matches_separate_runs(tiny):
         both = tiny(IDS, attention_mask=MASK)
     for row, g in ((0, 0.3), (1, -0.2)):
         with steer(tiny, SteeringSpec(directions=ds, gamma=g)):
-            alone = tiny(IDS[row:row + 1], attention_mask=MASK[row:row + 1])
-        assert torch.allclose(both[row:row + 1][:, -1], alone[:, -1], atol=1e-4)
+            alone = tiny(IDS[row : row + 1], attention_mask=MASK[row : row + 1])
+        assert torch.allclose(both[row : row + 1][:, -1], alone[:, -1], atol=1e-4)
 
 
 def test_several_directions_add_up(tiny):
@@ -62,13 +64,29 @@ def test_kv_cache_and_full_rerun_generate_the_same(tiny, positions):
     for cache in (True, False):
         spec = SteeringSpec(directions=ds, gamma=0.8, positions=positions, prompt_len=IDS.shape[1])
         with steer(tiny, spec):
-            outs.append(tiny.generate(IDS, attention_mask=MASK, max_new_tokens=6, do_sample=False,
-                                      use_past_kv_cache=cache, stop_at_eos=False, verbose=False,
-                                      return_type="tokens"))
+            outs.append(
+                tiny.generate(
+                    IDS,
+                    attention_mask=MASK,
+                    max_new_tokens=6,
+                    do_sample=False,
+                    use_past_kv_cache=cache,
+                    stop_at_eos=False,
+                    verbose=False,
+                    return_type="tokens",
+                )
+            )
     assert torch.equal(outs[0], outs[1])
     with steer(tiny, SteeringSpec(directions=ds, gamma=0.0)):
-        plain = tiny.generate(IDS, attention_mask=MASK, max_new_tokens=6, do_sample=False,
-                              stop_at_eos=False, verbose=False, return_type="tokens")
+        plain = tiny.generate(
+            IDS,
+            attention_mask=MASK,
+            max_new_tokens=6,
+            do_sample=False,
+            stop_at_eos=False,
+            verbose=False,
+            return_type="tokens",
+        )
     assert not torch.equal(outs[0], plain)  # the steering really changed the generation
 
 
@@ -79,12 +97,17 @@ def test_generated_positions_leave_the_prompt_alone(tiny):
     with steer(tiny, spec):
         steered = tiny(IDS, attention_mask=MASK)
     real = MASK[:, :-1].bool()  # padded positions carry no meaning
-    assert torch.equal(steered[:, :-1][real], base[:, :-1][real])  # earlier prompt positions unchanged
+    assert torch.equal(
+        steered[:, :-1][real], base[:, :-1][real]
+    )  # earlier prompt positions unchanged
     assert not torch.allclose(steered[:, -1], base[:, -1])  # the last one drives token 1: steered
 
 
 def test_hooks_removed_after_exception(tiny):
-    with pytest.raises(RuntimeError, match="inside"), steer(tiny, SteeringSpec(directions=_ds(tiny), gamma=1.0)):
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        steer(tiny, SteeringSpec(directions=_ds(tiny), gamma=1.0)),
+    ):
         assert any(hp.fwd_hooks for hp in tiny.hook_dict.values())
         raise RuntimeError("inside")
     assert not any(hp.fwd_hooks for hp in tiny.hook_dict.values())

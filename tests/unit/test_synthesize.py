@@ -32,15 +32,21 @@ def test_samples_continue_the_user_turn_prefix(tiny, monkeypatch):
 
 def test_batch_size_does_not_change_samples_and_resume_continues(tiny, tmp_path):
     a = synthesize_raw(tiny, CFG, progress=False)
-    b = synthesize_raw(tiny, SynthesisConfig(n=10, max_new_tokens=8, batch_size=3, seed=5), progress=False)
+    b = synthesize_raw(
+        tiny, SynthesisConfig(n=10, max_new_tokens=8, batch_size=3, seed=5), progress=False
+    )
     assert a == b
     path = tmp_path / "raw.jsonl"
-    synthesize_raw(tiny, SynthesisConfig(n=4, max_new_tokens=8, batch_size=4, seed=5), out=path, progress=False)
+    synthesize_raw(
+        tiny, SynthesisConfig(n=4, max_new_tokens=8, batch_size=4, seed=5), out=path, progress=False
+    )
     resumed = synthesize_raw(tiny, CFG, out=path, progress=False)
     assert resumed == a
     assert [r["index"] for r in read_jsonl(path)[1:]] == list(range(10))
     with pytest.raises(ValueError, match="different settings"):
-        synthesize_raw(tiny, SynthesisConfig(n=10, max_new_tokens=8, seed=6), out=path, progress=False)
+        synthesize_raw(
+            tiny, SynthesisConfig(n=10, max_new_tokens=8, seed=6), out=path, progress=False
+        )
 
 
 def test_markers_cover_template_pieces(tiny):

@@ -1,7 +1,6 @@
 import pytest
 
-from icon2_lens.model.chat import render_chat
-from icon2_lens.model.chat import user_turn_template
+from icon2_lens.model.chat import render_chat, user_turn_template
 from icon2_lens.testing import tiny_tokenizer
 
 

@@ -1,12 +1,23 @@
-
 import pytest
 
 from icon2_lens.directions.criteria import Criterion
 from icon2_lens.directions.extract import ExtractConfig, ExtractionResult, extract_criterion
-from icon2_lens.directions.plots import plot_criterion_cosines, plot_layer_cosines, plot_layer_selection, plot_projection_hist, plot_scatter, plot_summary
+from icon2_lens.directions.plots import (
+    plot_criterion_cosines,
+    plot_layer_cosines,
+    plot_layer_selection,
+    plot_projection_hist,
+    plot_scatter,
+    plot_summary,
+)
 from icon2_lens.figures import write_figures
 
-TRAIN = ["what is a cat ?", "write a poem about the dog", "how do i save money ?", "tell me a story"]
+TRAIN = [
+    "what is a cat ?",
+    "write a poem about the dog",
+    "how do i save money ?",
+    "tell me a story",
+]
 HELD = ["write a short email", "what is a bird ?"]
 
 
@@ -14,9 +25,14 @@ HELD = ["write a short email", "what is a bird ?"]
 def result(tiny):
     cfg = ExtractConfig(method="pca_symmetric", n_instructions=4, n_heldout=2)
     out = ExtractionResult(config=cfg)
-    for name, pos, neg in (("kind", "you are kind", "you are rude"), ("honest", "you are honest", "you are a liar")):
+    for name, pos, neg in (
+        ("kind", "you are kind", "you are rude"),
+        ("honest", "you are honest", "you are a liar"),
+    ):
         crit = Criterion(name=name, positive=pos, negative=neg)
-        out.results[name] = extract_criterion(tiny, crit, config=cfg, train=TRAIN, heldout=HELD, progress=False)
+        out.results[name] = extract_criterion(
+            tiny, crit, config=cfg, train=TRAIN, heldout=HELD, progress=False
+        )
     return out
 
 
@@ -26,7 +42,9 @@ def test_figures_have_expected_traces(result, tiny):
     assert len(fig.data) == 4 and fig.layout.xaxis.title.text == "layer"
     assert any("recommended" in (a.text or "") for a in fig.layout.annotations)
     assert len(plot_scatter(res, layer=1).data) == 4
-    assert plot_scatter(res, layer=1, axes="pca").layout.xaxis.title.text == "PC1 of the activations"
+    assert (
+        plot_scatter(res, layer=1, axes="pca").layout.xaxis.title.text == "PC1 of the activations"
+    )
     with pytest.raises(ValueError, match="axes"):
         plot_scatter(res, layer=1, axes="tsne")
     assert len(plot_projection_hist(res, layer=1).data) == 2
@@ -85,8 +103,12 @@ def test_png_export_without_any_network(tmp_path):
         "f = go.Figure(go.Scatter(x=[1, 2, 3], y=[2, 1, 3])); f.update_layout(width=600, height=400)\n"
         "write_figures({'x': f}, sys.argv[1], html=False)\n"
     )
-    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", script, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     png = (tmp_path / "x.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
