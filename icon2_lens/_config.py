@@ -58,6 +58,7 @@ __all__ = [
     "DERIVED_FLAGS",
     "documented",
     "unknown_key",
+    "build",
 ]
 
 _MISSING = dataclasses.MISSING
@@ -361,12 +362,17 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, *, where: str = "", **f
             raise unknown_key(key, names, where)
         kwargs[key] = coerce(cls, key, value, where=where)
     kwargs.update(fixed)
+    return build(cls, kwargs, what=f"{where.rstrip('.') or cls.__name__}: ", fix="fix that value")
+
+
+def build(cls: type, kwargs: Mapping[str, Any], *, what: str = "", fix: str) -> Any:
+    """``cls(**kwargs)``, its ``ValueError``/``TypeError`` turned into a :class:`ConfigError` naming ``fix``."""
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}", "fix that value") from e
+        raise ConfigError(f"{what}{e}", fix) from e
 
 
 def _plain(value: Any) -> Any:
@@ -510,9 +516,4 @@ def from_args(
         if f.name not in exclude and f.metadata.get("cli", True) and hasattr(args, f.name)
     }
     kwargs.update(fixed)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e), "fix that option (see --help)") from e
+    return build(cls, kwargs, fix="fix that option (see --help)")

@@ -38,6 +38,7 @@ __all__ = [
     "read_jsonl",
     "safetensors_bytes",
     "read_saved_config",
+    "read_safetensors",
     "settings_differences",
     "check_settings",
 ]
@@ -216,6 +217,32 @@ def read_saved_config(
             f"version {version}. {fix}"
         )
     return cfg_path, weights_path, cfg
+
+
+def read_safetensors(
+    path: str | Path, names: Sequence[str], *, expected: str = ""
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The float32 tensors ``names`` of a safetensors file and its header metadata (nothing is unpickled).
+
+    Raises:
+        ValueError: The file holds other tensors than ``names`` (``expected`` says where the list
+            comes from), or it cannot be read (damaged, not safetensors).
+    """
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = sorted(f.keys())
+            if set(keys) != set(names):
+                raise ValueError(
+                    f"{path} holds {keys} but {expected or 'the format'} lists {sorted(names)}"
+                )
+            return {n: f.get_tensor(n).to(torch.float32) for n in names}, dict(f.metadata() or {})
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors raises its own error type on damaged files
+        raise ValueError(f"cannot read {path}: {e}; the file is damaged, write it again") from e
 
 
 def _plain(obj: Any) -> Any:

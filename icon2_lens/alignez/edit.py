@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
 from torch import Tensor
 
-from icon2_lens._files import read_saved_config, safetensors_bytes, write_json
+from icon2_lens._files import read_safetensors, read_saved_config, safetensors_bytes, write_json
 from icon2_lens._types import LensModel
 from icon2_lens.model.hooks import resid_hook_name
 from icon2_lens.model.load import check_fits, package_versions
@@ -241,17 +240,7 @@ def load_alignez(
         missing_hint=" (write one with 'icon2-lens alignez fit')",
     )
     names = ("help", "harm", "center", "query_center", "resid_norm")
-    try:
-        with safe_open(str(weights_path), framework="pt") as f:
-            if set(f.keys()) != set(names):
-                raise ValueError(
-                    f"{weights_path} holds {sorted(f.keys())}, expected {sorted(names)}"
-                )
-            tensors = {n: f.get_tensor(n).to(torch.float32) for n in names}
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors raises its own error type on damaged files
-        raise ValueError(f"cannot read {weights_path}: {e}") from e
+    tensors, _ = read_safetensors(weights_path, names)
     try:
         edit = AlignEZEdit(
             model_name=str(cfg["model_name"]),

@@ -48,10 +48,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icon2_lens._types import LensModel
-from icon2_lens.directions.set import DirectionSet
+from icon2_lens.directions.set import DirectionSet, check_compatible
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.collect import collect_resid
-from icon2_lens.model.load import check_fits
 
 __all__ = [
     "ConsistencyScores",
@@ -274,15 +273,7 @@ def score_consistency(
     if len(sites) != 1:
         raise ValueError(f"direction sets read at different sites {sorted(sites)}; use one site")
     for ds in direction_sets:
-        check_fits(
-            model,
-            what=f"the {ds.criterion!r} direction set",
-            d_model=ds.d_model,
-            layers=ds.layers,
-            origin=ds.meta.get("model_name"),
-            check_fingerprint=False,
-            fix="extract directions for this model with 'icon2-lens extract'",
-        )
+        check_compatible(ds, model, check_fingerprint=False)
     need = sorted(
         {layer for ds in direction_sets for layer in _layers_for(ds, layers, control_layers)}
     )

@@ -24,10 +24,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
 from torch import Tensor
 
-from icon2_lens._files import read_saved_config, safetensors_bytes, write_json
+from icon2_lens._files import read_safetensors, read_saved_config, safetensors_bytes, write_json
 from icon2_lens._types import Direction, LayerActs
 from icon2_lens.model.hooks import resid_hook_name
 from icon2_lens.model.load import check_fits
@@ -231,19 +230,8 @@ def load_direction_set(
         )
     site, layers = cfg["site"], [int(x) for x in cfg["layers"]]
     names = [resid_hook_name(layer, site) for layer in layers]
-    try:
-        with safe_open(str(weights_path), framework="pt") as f:
-            keys = set(f.keys())
-            header = f.metadata() or {}
-            if keys != set(names):
-                raise ValueError(
-                    f"{weights_path} holds {sorted(keys)} but {CFG_FILE} lists {names}"
-                )
-            vectors = torch.stack([f.get_tensor(n).to(torch.float32) for n in names])
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors raises its own error type on damaged files
-        raise ValueError(f"cannot read {weights_path}: {e}") from e
+    tensors, header = read_safetensors(weights_path, names, expected=CFG_FILE)
+    vectors = torch.stack([tensors[n] for n in names])
     for key in ("criterion", "site", "method"):
         if key in header and header[key] != str(cfg[key]):
             raise ValueError(
@@ -293,7 +281,7 @@ def check_compatible(
     where = f" ({source})" if source else ""
     check_fits(
         model,
-        what=f"direction set{where}",
+        what=f"the {ds.criterion!r} direction set{where}",
         d_model=ds.d_model,
         layers=ds.layers,
         origin=ds.meta.get("model_name"),

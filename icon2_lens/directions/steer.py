@@ -52,9 +52,8 @@ from icon2_lens.model.hooks import (
     edit_start,
     validate_hook_names,
 )
-from icon2_lens.model.load import check_fits
 
-from .set import DirectionSet
+from .set import DirectionSet, check_compatible
 
 __all__ = [
     "SteeringSpec",
@@ -154,15 +153,7 @@ class SteeringSpec:
             KeyError: A hook name the model does not have.
         """
         ds = self.directions
-        check_fits(
-            model,
-            what=f"the {ds.criterion!r} direction set",
-            d_model=ds.d_model,
-            layers=ds.layers,
-            origin=ds.meta.get("model_name"),
-            check_fingerprint=False,
-            fix="extract directions for this model with 'icon2-lens extract'",
-        )
+        check_compatible(ds, model, check_fingerprint=False)
         validate_hook_names(model, self.hook_names)
         n = len(self._gammas())
         if n_rows is not None and n not in (1, n_rows):

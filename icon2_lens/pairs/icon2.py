@@ -38,11 +38,11 @@ from tqdm.auto import tqdm
 
 from icon2_lens._config import documented, option
 from icon2_lens._types import LensModel
-from icon2_lens.directions.set import DirectionSet, direction_set_id
+from icon2_lens.directions.set import DirectionSet, check_compatible, direction_set_id
 from icon2_lens.directions.steer import SteeringSpec
 from icon2_lens.model.chat import encode_prompts, render_chat
 from icon2_lens.model.generate import Decoding, generate_rows
-from icon2_lens.model.load import check_fits, model_fingerprint
+from icon2_lens.model.load import model_fingerprint
 
 from .records import KeptInstruction, PairsResult, sort_pair
 from .store import PairStore, check_kept
@@ -226,15 +226,7 @@ def generate_pairs(
     if missing:
         raise ValueError(f"no direction set for criteria {missing}; extract them first")
     for ds in sets.values():
-        check_fits(
-            model,
-            what=f"the {ds.criterion!r} direction set",
-            d_model=ds.d_model,
-            layers=ds.layers,
-            origin=ds.meta.get("model_name"),
-            check_fingerprint=False,
-            fix="extract directions for this model with 'icon2-lens extract'",
-        )
+        check_compatible(ds, model, check_fingerprint=False)
     layers = _resolve_layers(config, sets, intervals, model.cfg.n_layers)
     settings = _settings_doc(model, config, sets, layers, source)
     # files from before the source field are Icon² pairs

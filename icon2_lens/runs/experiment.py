@@ -29,22 +29,23 @@ from typing import Any
 
 import torch
 
-from .._config import narrow
-from .._files import read_jsonl, read_marker, write_json
-from .._types import LensModel
-from ..alignez.config import AlignEZConfig
-from ..alignez.fit import fit_alignez
-from ..consistency.filter import KeptInstruction
-from ..directions.criteria import get_criteria
-from ..evaluate.judging import builtin_eval_records, evaluate_systems
-from ..evaluate.systems import SystemSpec
-from ..judge.registry import make_judge
-from ..model.cost import CostMeter
-from ..model.generate import Decoding
-from ..model.hooks import normalize_layers
-from ..model.load import load_model, model_source
-from ..pairs.baselines import make_pairs
-from ..pairs.common import BaselineConfig
+from icon2_lens._config import narrow
+from icon2_lens._files import read_jsonl, read_marker, write_json
+from icon2_lens._types import LensModel
+from icon2_lens.alignez.config import AlignEZConfig
+from icon2_lens.alignez.fit import fit_alignez
+from icon2_lens.consistency.filter import KeptInstruction
+from icon2_lens.directions.criteria import get_criteria
+from icon2_lens.evaluate.judging import builtin_eval_records, evaluate_systems
+from icon2_lens.evaluate.systems import SystemSpec
+from icon2_lens.judge.registry import make_judge
+from icon2_lens.model.cost import CostMeter
+from icon2_lens.model.generate import Decoding
+from icon2_lens.model.hooks import normalize_layers
+from icon2_lens.model.load import load_model, model_source
+from icon2_lens.pairs.baselines import make_pairs
+from icon2_lens.pairs.common import BaselineConfig
+
 from .config import ExperimentConfig, check_run_dir
 from .report import write_experiment_report
 from .stages import stage_dpo, stage_extract, stage_filter, stage_synthesize
@@ -93,8 +94,13 @@ def _pool(out: Path, instructions: list[str]) -> list[KeptInstruction]:
     """Every synthesized instruction with its argmax criterion and consistency (from the filter)."""
     rows = read_jsonl(out / "filter" / "scores.jsonl")
     if len(rows) != len(instructions):
-        raise RuntimeError(f"{out / 'filter' / 'scores.jsonl'} does not match the synthesized instructions")
-    return [KeptInstruction(i, r["instruction"], r["criterion"], float(r["consistency"])) for i, r in enumerate(rows)]
+        raise RuntimeError(
+            f"{out / 'filter' / 'scores.jsonl'} does not match the synthesized instructions"
+        )
+    return [
+        KeptInstruction(i, r["instruction"], r["criterion"], float(r["consistency"]))
+        for i, r in enumerate(rows)
+    ]
 
 
 def _judge_layers(cfg: ExperimentConfig, model: LensModel, intervals):
@@ -104,32 +110,62 @@ def _judge_layers(cfg: ExperimentConfig, model: LensModel, intervals):
     return intervals if layers is None else normalize_layers(list(layers), model.cfg.n_layers)
 
 
-def _stage_pairs(source: str, model, cfg: ExperimentConfig, kept, pool, sets, intervals, costs: _Costs, out: Path,
-                 progress: bool):
+def _stage_pairs(
+    source: str,
+    model,
+    cfg: ExperimentConfig,
+    kept,
+    pool,
+    sets,
+    intervals,
+    costs: _Costs,
+    out: Path,
+    progress: bool,
+):
     marker = out / "summary.json"
     if (done := read_marker(marker)) is not None:
         return read_jsonl(out / "pairs.jsonl"), done
     n = min(cfg.experiment.n_instructions, len(kept))  # the same count for every source
     judge = None
     if source == "sampling_ranking":
-        judge = _MeteredJudge(make_judge(cfg.baselines.ranking_judge, model, direction_sets=sets,
-                                         layers=_judge_layers(cfg, model, intervals)),
-                              costs, f"{source}/judge")
+        judge = _MeteredJudge(
+            make_judge(
+                cfg.baselines.ranking_judge,
+                model,
+                direction_sets=sets,
+                layers=_judge_layers(cfg, model, intervals),
+            ),
+            costs,
+            f"{source}/judge",
+        )
     elif source == "self_rewarding":
         judge = _MeteredJudge(make_judge("self_rating", model), costs, f"{source}/judge")
     items = pool if source == "icon2_unfiltered" else kept[:n]
     with costs.stage(f"{source}/pairs"):
-        res = make_pairs(source, model, items, direction_sets=sets, intervals=intervals,
-                         criteria=get_criteria(cfg.extract.criteria), judge=judge, pair_config=cfg.pairs,
-                         config=narrow(cfg.baselines, BaselineConfig), n=n, seed=cfg.seed, out=out,
-                         progress=progress)
+        res = make_pairs(
+            source,
+            model,
+            items,
+            direction_sets=sets,
+            intervals=intervals,
+            criteria=get_criteria(cfg.extract.criteria),
+            judge=judge,
+            pair_config=cfg.pairs,
+            config=narrow(cfg.baselines, BaselineConfig),
+            n=n,
+            seed=cfg.seed,
+            out=out,
+            progress=progress,
+        )
     costs.save()
     summary = {"source": source, "counts": res.counts, "n_instructions": n}
     write_json(summary, marker)
     return res.records, summary
 
 
-def _stage_alignez(model, cfg: ExperimentConfig, kept, costs: _Costs, out: Path, progress: bool) -> Path:
+def _stage_alignez(
+    model, cfg: ExperimentConfig, kept, costs: _Costs, out: Path, progress: bool
+) -> Path:
     marker = out / "fit.json"
     if read_marker(marker) is not None:
         return out
@@ -143,19 +179,34 @@ def _stage_alignez(model, cfg: ExperimentConfig, kept, costs: _Costs, out: Path,
     return out
 
 
-def _stage_eval(model, cfg: ExperimentConfig, sets, intervals, systems, out: Path, progress: bool) -> dict[str, Any]:
+def _stage_eval(
+    model, cfg: ExperimentConfig, sets, intervals, systems, out: Path, progress: bool
+) -> dict[str, Any]:
     marker = out / "eval.json"
     if (done := read_marker(marker)) is not None:
         return done
     ev = cfg.eval
-    judges = [make_judge(name, model, direction_sets=sets, layers=_judge_layers(cfg, model, intervals))
-              for name in ev.judges]
-    return evaluate_systems(model, systems, builtin_eval_records(ev.n_benign, ev.n_harmful), judges, out=out,
-                            decoding=Decoding(max_new_tokens=ev.max_new_tokens), reference=ev.reference,
-                            batch_size=ev.batch_size, seed=ev.seed, progress=progress)
+    judges = [
+        make_judge(name, model, direction_sets=sets, layers=_judge_layers(cfg, model, intervals))
+        for name in ev.judges
+    ]
+    return evaluate_systems(
+        model,
+        systems,
+        builtin_eval_records(ev.n_benign, ev.n_harmful),
+        judges,
+        out=out,
+        decoding=Decoding(max_new_tokens=ev.max_new_tokens),
+        reference=ev.reference,
+        batch_size=ev.batch_size,
+        seed=ev.seed,
+        progress=progress,
+    )
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = True, png: bool = True) -> dict[str, Any]:
+def run_experiment(
+    cfg: ExperimentConfig, out: str | Path, *, progress: bool = True, png: bool = True
+) -> dict[str, Any]:
     """Run (or resume) the experiment described by ``cfg`` into ``out``; returns the evaluation."""
     out = Path(out)
     check_run_dir(out, cfg)
@@ -169,20 +220,43 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
             sets, intervals = stage_extract(model, cfg.extract, out / "extract", progress=progress)
         costs.save()
         with costs.stage("common/synthesize"):
-            instructions = stage_synthesize(model, cfg.synthesize, out / "synthesize", progress=progress)
+            instructions = stage_synthesize(
+                model, cfg.synthesize, out / "synthesize", progress=progress
+            )
         costs.save()
         with costs.stage("icon2/filter"):
-            kept = stage_filter(model, cfg.filter, instructions, sets, intervals, out / "filter", progress=progress,
-                                png=png)
+            kept = stage_filter(
+                model,
+                cfg.filter,
+                instructions,
+                sets,
+                intervals,
+                out / "filter",
+                progress=progress,
+                png=png,
+            )
         costs.save()
         if len(kept) < ex.n_instructions:
-            log.warning("only %d instructions kept, fewer than experiment.n_instructions=%d", len(kept),
-                        ex.n_instructions)
+            log.warning(
+                "only %d instructions kept, fewer than experiment.n_instructions=%d",
+                len(kept),
+                ex.n_instructions,
+            )
         pool = _pool(out, instructions)
         pairs = {}
         for source in ex.sources:
-            records, _ = _stage_pairs(source, model, cfg, kept, pool, sets, intervals, costs,
-                                      out / "pairs" / source, progress)
+            records, _ = _stage_pairs(
+                source,
+                model,
+                cfg,
+                kept,
+                pool,
+                sets,
+                intervals,
+                costs,
+                out / "pairs" / source,
+                progress,
+            )
             pairs[source] = records
     n_train = min(ex.n_pairs, *(len(r) for r in pairs.values()))
     if n_train < 1:
@@ -192,10 +266,19 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
         log.warning("every source trains on %d pairs (fewest any source made)", n_train)
     for source in ex.sources:
         with costs.stage(f"{source}/dpo"):
-            stage_dpo(cfg.dpo, base_dir, pairs[source][:n_train], out / "dpo" / source, png=png, source=source)
+            stage_dpo(
+                cfg.dpo,
+                base_dir,
+                pairs[source][:n_train],
+                out / "dpo" / source,
+                png=png,
+                source=source,
+            )
         costs.save()
     systems = [SystemSpec("base", "base")]
-    systems += [SystemSpec(source, "model", str(out / "dpo" / source / "model")) for source in ex.sources]
+    systems += [
+        SystemSpec(source, "model", str(out / "dpo" / source / "model")) for source in ex.sources
+    ]
     with torch.no_grad():
         if ex.alignez:
             edit_dir = _stage_alignez(model, cfg, kept, costs, out / "alignez", progress)

@@ -14,11 +14,19 @@ from typing import Any
 
 import torch
 
-from .._files import read_marker, write_json
-from ..model.load import load_model, model_source
+from icon2_lens._files import read_marker, write_json
+from icon2_lens.model.load import load_model, model_source
+
 from .config import RunConfig, check_run_dir
 from .report import write_report
-from .stages import stage_dpo, stage_evaluate, stage_extract, stage_filter, stage_pairs, stage_synthesize
+from .stages import (
+    stage_dpo,
+    stage_evaluate,
+    stage_extract,
+    stage_filter,
+    stage_pairs,
+    stage_synthesize,
+)
 
 __all__ = ["run_pipeline", "STAGES"]
 
@@ -27,8 +35,14 @@ log = logging.getLogger(__name__)
 STAGES: tuple[str, ...] = ("extract", "synthesize", "filter", "pairs", "dpo", "evaluate")
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True, png: bool = True,
-                 stop_after: str | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    png: bool = True,
+    stop_after: str | None = None,
+) -> dict[str, Any]:
     """Run (or resume) every stage and write ``report.md`` / ``report.html``; returns the summary.
 
     Args:
@@ -57,23 +71,61 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True, png:
 
     model = load_model(cfg.model)
     with torch.no_grad():
-        sets, intervals = timed("extract", stage_extract, model, cfg.extract, out / "extract", progress=progress)
+        sets, intervals = timed(
+            "extract", stage_extract, model, cfg.extract, out / "extract", progress=progress
+        )
         summary["intervals"] = {k: f"{v[0]}-{v[-1]}" for k, v in intervals.items()}
         if upto >= 1:
-            instructions = timed("synthesize", stage_synthesize, model, cfg.synthesize, out / "synthesize",
-                                 progress=progress)
+            instructions = timed(
+                "synthesize",
+                stage_synthesize,
+                model,
+                cfg.synthesize,
+                out / "synthesize",
+                progress=progress,
+            )
         if upto >= 2:
-            kept = timed("filter", stage_filter, model, cfg.filter, instructions, sets, intervals, out / "filter",
-                         progress=progress, png=png)
+            kept = timed(
+                "filter",
+                stage_filter,
+                model,
+                cfg.filter,
+                instructions,
+                sets,
+                intervals,
+                out / "filter",
+                progress=progress,
+                png=png,
+            )
         if upto >= 3:
-            pairs, _ = timed("pairs", stage_pairs, model, cfg.pairs, kept, sets, intervals, out / "pairs",
-                             progress=progress)
+            pairs, _ = timed(
+                "pairs",
+                stage_pairs,
+                model,
+                cfg.pairs,
+                kept,
+                sets,
+                intervals,
+                out / "pairs",
+                progress=progress,
+            )
     if upto >= 4:
         timed("dpo", stage_dpo, cfg.dpo, model_source(model), pairs, out / "dpo", png=png)
     if upto >= 5:
         with torch.no_grad():
-            timed("evaluate", stage_evaluate, model, str(out / "dpo" / "model"), cfg.evaluate, cfg.filter, cfg.pairs,
-                  sets, intervals, out / "evaluate", progress=progress)
+            timed(
+                "evaluate",
+                stage_evaluate,
+                model,
+                str(out / "dpo" / "model"),
+                cfg.evaluate,
+                cfg.filter,
+                cfg.pairs,
+                sets,
+                intervals,
+                out / "evaluate",
+                progress=progress,
+            )
     summary["timings"] = timings
     write_report(out, png=png)
     return summary

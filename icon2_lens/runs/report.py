@@ -12,14 +12,26 @@ from typing import Any
 
 import pandas as pd
 
-from .._files import read_jsonl, read_marker, write_text
-from ..consistency.filter import markdown_table
-from ..dpo.curves import SaturationRule, plot_reward_accuracy, reward_curves, saturation_steps
-from ..figures import write_figures_or_warn
-from ..instructions.clean import STEPS
+from icon2_lens._files import read_jsonl, read_marker, write_text
+from icon2_lens.consistency.filter import markdown_table
+from icon2_lens.dpo.curves import (
+    SaturationRule,
+    plot_reward_accuracy,
+    reward_curves,
+    saturation_steps,
+)
+from icon2_lens.figures import write_figures_or_warn
+from icon2_lens.instructions.clean import STEPS
+
 from .tables import cost_table, results_table
 
-__all__ = ["build_report", "write_report", "write_experiment_report", "render_markdown", "render_html"]
+__all__ = [
+    "build_report",
+    "write_report",
+    "write_experiment_report",
+    "render_markdown",
+    "render_html",
+]
 
 Block = tuple[str, Any]
 
@@ -62,15 +74,26 @@ def build_report(out: str | Path) -> list[Block]:
     cfg = _load(out / "config.json") or {}
     timings = _load(out / "timings.json") or {}
     b: list[Block] = [("h1", f"icon2-lens run: {out.name}")]
-    b.append(("p", f"Model `{cfg.get('model')}`, seed {cfg.get('seed')}. Stage times (s): "
-                   + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-                   + f"; total {sum(timings.values()) / 60:.1f} min."))
+    b.append(
+        (
+            "p",
+            f"Model `{cfg.get('model')}`, seed {cfg.get('seed')}. Stage times (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+            + f"; total {sum(timings.values()) / 60:.1f} min.",
+        )
+    )
 
     b.append(("h2", "1. Directions"))
     diag = _load(out / "extract" / "diagnostics.json")
     if diag:
-        rows = [{"criterion": name, **{k: _fmt(v) for k, v in s.items() if k != "criterion"}}
-                for name, s in diag.get("summary", {}).items()] if isinstance(diag.get("summary"), dict) else []
+        rows = (
+            [
+                {"criterion": name, **{k: _fmt(v) for k, v in s.items() if k != "criterion"}}
+                for name, s in diag.get("summary", {}).items()
+            ]
+            if isinstance(diag.get("summary"), dict)
+            else []
+        )
         if rows:
             b.append(("table", pd.DataFrame(rows)))
         for name in cfg.get("extract", {}).get("criteria", []):
@@ -92,11 +115,25 @@ def build_report(out: str | Path) -> list[Block]:
     fil = _load(out / "filter" / "filter.json")
     if fil:
         s = fil["summary"]
-        b.append(("p", f"Scoring `{fil['settings'].get('scoring')}` over layers `{fil['settings'].get('layers')}`; "
-                       f"kept {s['n_kept']} of {s['n_scored']} ({s['rule']} {s['value']}), cutoff {_fmt(s['cutoff'])}."))
-        b.append(("table", pd.DataFrame({"criterion": list(s["criterion_counts_all"]),
-                                         "argmax (all)": list(s["criterion_counts_all"].values()),
-                                         "kept": list(s["criterion_counts_kept"].values())})))
+        b.append(
+            (
+                "p",
+                f"Scoring `{fil['settings'].get('scoring')}` over layers `{fil['settings'].get('layers')}`; "
+                f"kept {s['n_kept']} of {s['n_scored']} ({s['rule']} {s['value']}), cutoff {_fmt(s['cutoff'])}.",
+            )
+        )
+        b.append(
+            (
+                "table",
+                pd.DataFrame(
+                    {
+                        "criterion": list(s["criterion_counts_all"]),
+                        "argmax (all)": list(s["criterion_counts_all"].values()),
+                        "kept": list(s["criterion_counts_kept"].values()),
+                    }
+                ),
+            )
+        )
         b += _figure(out, "filter", "consistency")
         ex = out / "filter" / "examples.md"
         if ex.is_file():
@@ -108,23 +145,45 @@ def build_report(out: str | Path) -> list[Block]:
     pa = _load(out / "pairs" / "summary.json")
     if pa:
         c = pa["counts"]
-        b.append(("table", _kv({"instructions": c["instructions"], "pairs kept": c["pairs"],
-                                **{f"dropped: {k}": v for k, v in c["dropped"].items()},
-                                "chosen degenerate (before dropping)": c["chosen_degenerate_rate"],
-                                "rejected degenerate (before dropping)": c["rejected_degenerate_rate"],
-                                **{k: v for k, v in pa["margins"].items() if k != "judge"}})))
-        b.append(("p", f"Judge: {pa['margins'].get('judge', '')}. Settings: `{json.dumps(pa['config'])}`"))
+        b.append(
+            (
+                "table",
+                _kv(
+                    {
+                        "instructions": c["instructions"],
+                        "pairs kept": c["pairs"],
+                        **{f"dropped: {k}": v for k, v in c["dropped"].items()},
+                        "chosen degenerate (before dropping)": c["chosen_degenerate_rate"],
+                        "rejected degenerate (before dropping)": c["rejected_degenerate_rate"],
+                        **{k: v for k, v in pa["margins"].items() if k != "judge"},
+                    }
+                ),
+            )
+        )
+        b.append(
+            (
+                "p",
+                f"Judge: {pa['margins'].get('judge', '')}. Settings: `{json.dumps(pa['config'])}`",
+            )
+        )
         recs = read_jsonl(out / "pairs" / "pairs.jsonl")[:2]
         for r in recs:
-            b.append(("pre", f"[{r['icon2_criterion']}] {r['prompt'][0]['content']}\n\nCHOSEN: "
-                             f"{r['chosen'][0]['content'][:400]}\n\nREJECTED: {r['rejected'][0]['content'][:400]}"))
+            b.append(
+                (
+                    "pre",
+                    f"[{r['icon2_criterion']}] {r['prompt'][0]['content']}\n\nCHOSEN: "
+                    f"{r['chosen'][0]['content'][:400]}\n\nREJECTED: {r['rejected'][0]['content'][:400]}",
+                )
+            )
     else:
         b.append(("p", "pending"))
 
     b.append(("h2", "5. DPO"))
     dpo = _load(out / "dpo" / "dpo_summary.json")
     if dpo:
-        b.append(("table", _kv({k: v for k, v in dpo.items() if k not in ("settings", "warnings")})))
+        b.append(
+            ("table", _kv({k: v for k, v in dpo.items() if k not in ("settings", "warnings")}))
+        )
         for w in dpo.get("warnings", []):
             b.append(("p", f"**Warning:** {w}"))
         b += _figure(out, "dpo", "dpo_curves")
@@ -144,12 +203,33 @@ def build_report(out: str | Path) -> list[Block]:
                 flat[k] = v
         b.append(("table", _kv(flat)))
         if ev.get("per_criterion"):
-            b.append(("p", "By argmax criterion of the held-out instruction (gap = trained − base):"))
-            b.append(("table", pd.DataFrame([{"criterion": c, **x} for c, x in ev["per_criterion"].items()])))
+            b.append(
+                ("p", "By argmax criterion of the held-out instruction (gap = trained − base):")
+            )
+            b.append(
+                (
+                    "table",
+                    pd.DataFrame([{"criterion": c, **x} for c, x in ev["per_criterion"].items()]),
+                )
+            )
         if ev.get("gap_by_direction"):
-            b.append(("p", "Every answer judged along every criterion's direction (mean gap, trained − base):"))
-            b.append(("table", pd.DataFrame([{"direction": c, "mean gap": _interval(x)}
-                                             for c, x in ev["gap_by_direction"].items()])))
+            b.append(
+                (
+                    "p",
+                    "Every answer judged along every criterion's direction (mean gap, trained − base):",
+                )
+            )
+            b.append(
+                (
+                    "table",
+                    pd.DataFrame(
+                        [
+                            {"direction": c, "mean gap": _interval(x)}
+                            for c, x in ev["gap_by_direction"].items()
+                        ]
+                    ),
+                )
+            )
         b.append(("p", f"Judge: {ev.get('judge', '')}."))
     else:
         b.append(("p", "pending"))
@@ -194,11 +274,15 @@ def render_html(blocks: list[Block], title: str) -> str:
             body.append(f'<p><a href="{html.escape(x[1])}">{html.escape(x[0])}</a></p>')
         elif kind in ("pre", "md"):
             body.append(f"<pre>{html.escape(x)}</pre>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table.t{border-collapse:collapse}table.t td,table.t th{border:1px solid #ccc;padding:3px 8px}"
-             "img{max-width:100%}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "table.t{border-collapse:collapse}table.t td,table.t th{border:1px solid #ccc;padding:3px 8px}"
+        "img{max-width:100%}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_report(out: str | Path, *, png: bool = True) -> tuple[Path, Path]:  # noqa: ARG001 - the run's figures exist
@@ -220,16 +304,31 @@ def write_experiment_report(root: str | Path, *, png: bool = True) -> tuple[Path
     cfg = _load(root / "config.json") or {}
     costs = _load(root / "costs.json") or {}
     blocks: list[tuple[str, Any]] = [("h1", f"icon2-lens experiment {root.name}")]
-    blocks.append(("p", f"Model {cfg.get('model')}, seed {cfg.get('seed')}; sources "
-                        f"{', '.join(cfg.get('experiment', {}).get('sources', []))}."))
+    blocks.append(
+        (
+            "p",
+            f"Model {cfg.get('model')}, seed {cfg.get('seed')}; sources "
+            f"{', '.join(cfg.get('experiment', {}).get('sources', []))}.",
+        )
+    )
     ev = _load(root / "eval" / "eval.json")
     blocks.append(("h2", "Results (Table 1 shape): win rate against the base model, %"))
     if ev:
         blocks.append(("table", results_table(ev)))
-        blocks.append(("p", f"n = {ev['n']} held-out instructions ({ev['n_harmful']} harmful); the refusal judge "
-                            f"is read on the harmful ones only. Win rates count ties as half; 95 % bootstrap "
-                            "intervals; LC = length-controlled."))
-        blocks.append(("table", pd.DataFrame([{"judge": k, "what it is": v} for k, v in ev["judges"].items()])))
+        blocks.append(
+            (
+                "p",
+                f"n = {ev['n']} held-out instructions ({ev['n_harmful']} harmful); the refusal judge "
+                f"is read on the harmful ones only. Win rates count ties as half; 95 % bootstrap "
+                "intervals; LC = length-controlled.",
+            )
+        )
+        blocks.append(
+            (
+                "table",
+                pd.DataFrame([{"judge": k, "what it is": v} for k, v in ev["judges"].items()]),
+            )
+        )
     else:
         blocks.append(("p", "pending"))
     made = {}
@@ -241,30 +340,53 @@ def write_experiment_report(root: str | Path, *, png: bool = True) -> tuple[Path
     if made:
         blocks.append(("table", cost_table(costs, made)))
         syn = costs.get("common/synthesize", {})
-        blocks.append(("p", f"Instruction synthesis (common to every source, not charged): "
-                            f"{syn.get('seconds', 0):.0f} s, {syn.get('forward_tokens', 0)} forward tokens."))
+        blocks.append(
+            (
+                "p",
+                f"Instruction synthesis (common to every source, not charged): "
+                f"{syn.get('seconds', 0):.0f} s, {syn.get('forward_tokens', 0)} forward tokens.",
+            )
+        )
     else:
         blocks.append(("p", "pending"))
     curves = reward_curves(root)
     blocks.append(("h2", "DPO reward curves per source (App. I)"))
     if curves:
-        write_figures_or_warn({"reward_curves": plot_reward_accuracy(curves)}, root / "figures", png=png)
+        write_figures_or_warn(
+            {"reward_curves": plot_reward_accuracy(curves)}, root / "figures", png=png
+        )
         for ext in ("png", "html"):
             if (root / "figures" / f"reward_curves.{ext}").is_file():
-                blocks.append(("img" if ext == "png" else "link",
-                               "figures/reward_curves.png" if ext == "png" else ("interactive", "figures/reward_curves.html")))
+                blocks.append(
+                    (
+                        "img" if ext == "png" else "link",
+                        "figures/reward_curves.png"
+                        if ext == "png"
+                        else ("interactive", "figures/reward_curves.html"),
+                    )
+                )
         rule = SaturationRule()
         blocks.append(("table", saturation_steps(curves, rule)))
-        blocks.append(("p", f"Saturation rule (the same as in each DPO log): reward accuracy averaged over "
-                            f"{rule.window} logged steps reaching {rule.threshold}; 'saturated early' when that "
-                            f"happens in the first {rule.early_fraction:.0%} of training."))
+        blocks.append(
+            (
+                "p",
+                f"Saturation rule (the same as in each DPO log): reward accuracy averaged over "
+                f"{rule.window} logged steps reaching {rule.threshold}; 'saturated early' when that "
+                f"happens in the first {rule.early_fraction:.0%} of training.",
+            )
+        )
     else:
         blocks.append(("p", "pending"))
     pair_rows = []
     for source in made:
         summary = _load(root / "pairs" / source / "summary.json")
-        pair_rows.append({"source": source, **{k: v for k, v in summary["counts"].items() if k != "dropped"},
-                          "dropped": json.dumps(summary["counts"].get("dropped", {}))})
+        pair_rows.append(
+            {
+                "source": source,
+                **{k: v for k, v in summary["counts"].items() if k != "dropped"},
+                "dropped": json.dumps(summary["counts"].get("dropped", {})),
+            }
+        )
     if pair_rows:
         blocks.append(("h2", "Pairs per source"))
         blocks.append(("table", pd.DataFrame(pair_rows)))
