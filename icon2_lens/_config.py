@@ -9,8 +9,8 @@ A settings class declares each knob once, with :func:`option`::
         layers: tuple[int, ...] | None = option(None, help="layers to read", layers="all")
 
 From that one declaration come the TOML section (:func:`from_dict` checks names and types),
-the command-line flags (:func:`add_arguments` / :func:`from_args`, the flag default *is* the
-field default) and the recorded JSON (:func:`to_dict`). Layer selections are spelled as in the
+the command-line flags (:mod:`icon2_lens.cli.args`, the flag default *is* the field default)
+and the recorded JSON (:func:`to_dict`). Layer selections are spelled as in the
 CLI (``"13-22"``, ``"3,5,-1"``, or a word such as ``"all"`` for ``None``) or as lists of ints.
 
 Example:
@@ -29,7 +29,6 @@ Example:
     icon2_lens._config.ConfigError: unknown config key 'm' — use one of: n, layers
 """
 
-import argparse
 import dataclasses
 import difflib
 import types
@@ -52,19 +51,18 @@ __all__ = [
     "parse_layer_spec",
     "format_layers",
     "format_value",
-    "flag_of",
-    "add_arguments",
-    "from_args",
-    "DERIVED_FLAGS",
     "documented",
     "unknown_key",
     "build",
+    "default_of",
+    "strip_none",
+    "sequence_item",
+    "describe_type",
+    "args_of",
+    "is_union",
 ]
 
 _MISSING = dataclasses.MISSING
-
-DERIVED_FLAGS = "_icon2_derived_flags"
-"""Attribute of a parser listing ``(dest, settings class, field name)`` for every derived flag."""
 
 
 class ConfigError(ValueError):
@@ -148,7 +146,8 @@ def field_type(cls: type, name: str) -> Any:
     return _hints(cls)[name]
 
 
-def _default(f: dataclasses.Field) -> Any:
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory called when it has one)."""
     if f.default is not _MISSING:
         return f.default
     if f.default_factory is not _MISSING:
@@ -160,32 +159,32 @@ def _default(f: dataclasses.Field) -> Any:
 # Types
 
 
-def _args_of(tp: Any) -> tuple[Any, ...]:
+def args_of(tp: Any) -> tuple[Any, ...]:
     return typing.get_args(tp)
 
 
-def _is_union(tp: Any) -> bool:
+def is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
-def _strip_none(tp: Any) -> tuple[Any, bool]:
+def strip_none(tp: Any) -> tuple[Any, bool]:
     """``(tp without None, whether None is allowed)``."""
-    if _is_union(tp):
-        args = [a for a in _args_of(tp) if a is not type(None)]
-        optional = len(args) < len(_args_of(tp))
+    if is_union(tp):
+        args = [a for a in args_of(tp) if a is not type(None)]
+        optional = len(args) < len(args_of(tp))
         return (args[0] if len(args) == 1 else Union[tuple(args)]), optional  # noqa: UP007
     return tp, False
 
 
-def _sequence_item(tp: Any) -> Any | None:
+def sequence_item(tp: Any) -> Any | None:
     """The item type of ``tuple[X, ...]`` / ``Sequence[X]``, else ``None``."""
     if typing.get_origin(tp) in (tuple, list, abc.Sequence):
-        args = _args_of(tp)
+        args = args_of(tp)
         return args[0] if args else Any
     return None
 
 
-def _kind(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
     if tp is bool:
         return "a boolean (true or false)"
     if tp is int:
@@ -195,12 +194,12 @@ def _kind(tp: Any) -> str:
     if tp is str:
         return "a string"
     if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in _args_of(tp))
-    item = _sequence_item(tp)
+        return "one of " + ", ".join(repr(a) for a in args_of(tp))
+    item = sequence_item(tp)
     if item is not None:
-        return f"a list of {_kind(item).removeprefix('a ').removeprefix('an ')}s"
-    if _is_union(tp):
-        return " or ".join(_kind(a) for a in _args_of(tp))
+        return f"a list of {describe_type(item).removeprefix('a ').removeprefix('an ')}s"
+    if is_union(tp):
+        return " or ".join(describe_type(a) for a in args_of(tp))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -259,7 +258,7 @@ def coerce(cls: type, name: str, value: Any, *, where: str = "") -> Any:
         ConfigError: The value has the wrong type or is not among a field's choices.
     """
     f = {x.name: x for x in config_fields(cls)}[name]
-    tp, optional = _strip_none(field_type(cls, name))
+    tp, optional = strip_none(field_type(cls, name))
     key = f"{where}{name}"
     none_word = f.metadata.get("layers")
     choices = f.metadata.get("choices")
@@ -268,7 +267,7 @@ def coerce(cls: type, name: str, value: Any, *, where: str = "") -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"setting {key!r} cannot be empty", f"give {_kind(tp)}")
+        raise ConfigError(f"setting {key!r} cannot be empty", f"give {describe_type(tp)}")
     if none_word is not None:
         if isinstance(value, str):
             return parse_layer_spec(value, none_word)
@@ -285,7 +284,8 @@ def coerce(cls: type, name: str, value: Any, *, where: str = "") -> Any:
 
 def _coerce_type(tp: Any, value: Any, key: str) -> Any:
     bad = ConfigError(
-        f"setting {key!r} must be {_kind(tp)}, got {value!r}", "fix its value in the config file"
+        f"setting {key!r} must be {describe_type(tp)}, got {value!r}",
+        "fix its value in the config file",
     )
     if tp is Any:
         return value
@@ -306,18 +306,18 @@ def _coerce_type(tp: Any, value: Any, key: str) -> Any:
             return value
         raise bad
     if typing.get_origin(tp) is Literal:
-        if value in _args_of(tp) and isinstance(value, str):
+        if value in args_of(tp) and isinstance(value, str):
             return value
         raise ConfigError(
-            f"setting {key!r} is {value!r}", f"use one of {', '.join(map(str, _args_of(tp)))}"
+            f"setting {key!r} is {value!r}", f"use one of {', '.join(map(str, args_of(tp)))}"
         )
-    item = _sequence_item(tp)
+    item = sequence_item(tp)
     if item is not None:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise bad
         return tuple(_coerce_type(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if _is_union(tp):  # e.g. int | float
-        for option_type in _args_of(tp):
+    if is_union(tp):  # e.g. int | float
+        for option_type in args_of(tp):
             try:
                 return _coerce_type(option_type, value, key)
             except ConfigError:
@@ -402,118 +402,3 @@ def format_value(cls: type, name: str, value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f.metadata.get("sep", ",").join(str(v) for v in value)
     return str(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command lines
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a field (``--n-heldout``; ``--no-center`` for a ``True`` boolean)."""
-    if f.metadata.get("flag"):
-        return str(f.metadata["flag"])
-    name = f.name.replace("_", "-")
-    return f"--no-{name}" if f.default is True else f"--{name}"
-
-
-def _cli_parser(cls: type, f: dataclasses.Field) -> Callable[[str], Any]:
-    tp, _ = _strip_none(field_type(cls, f.name))
-    none_word = f.metadata.get("layers")
-
-    def parse(text: str) -> Any:
-        if none_word is not None:
-            return parse_layer_spec(text, none_word)
-        item = _sequence_item(tp)
-        if item is not None:
-            parts = [p.strip() for p in text.split(f.metadata.get("sep", ",")) if p.strip()]
-            return tuple(_scalar(item, p) for p in parts)
-        return _scalar(tp, text)
-
-    parse.__name__ = _kind(tp) if none_word is None else "layer selection"
-    return parse
-
-
-def _scalar(tp: Any, text: str) -> Any:
-    if tp is int:
-        return int(text)
-    if tp is float:
-        return float(text)
-    if _is_union(tp):  # int | float
-        try:
-            return int(text)
-        except ValueError:
-            return float(text)
-    return text
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    *,
-    exclude: Iterable[str] = (),
-    only: Iterable[str] | None = None,
-    title: str | None = None,
-) -> None:
-    """Add one flag per field of ``cls`` (its default is the field's default; help from metadata).
-
-    ``exclude`` leaves fields out; ``only`` keeps just the fields it names.
-
-    The parser remembers which flags were derived (:data:`DERIVED_FLAGS`), so a test can check
-    that every flag's default equals its field's.
-    """
-    exclude = set(exclude)
-    keep = set(only) if only is not None else None
-    group = parser.add_argument_group(title) if title else parser
-    derived = getattr(parser, DERIVED_FLAGS, None)
-    if derived is None:
-        derived = []
-        setattr(parser, DERIVED_FLAGS, derived)
-    for f in config_fields(cls):
-        if (
-            f.name in exclude
-            or not f.metadata.get("cli", True)
-            or (keep is not None and f.name not in keep)
-        ):
-            continue
-        default = _default(f)
-        names = [flag_of(f), *f.metadata.get("aliases", ())]
-        helptext = help_of(f).replace("%", "%%")
-        tp, _ = _strip_none(field_type(cls, f.name))
-        if tp is bool and f.metadata.get("layers") is None:
-            action = "store_false" if default is True else "store_true"
-            group.add_argument(*names, dest=f.name, action=action, default=default, help=helptext)
-        else:
-            shown = (
-                format_value(cls, f.name, default)
-                if default is not None or f.metadata.get("layers")
-                else "none"
-            )
-            shown = shown.replace("%", "%%")
-            kwargs: dict[str, Any] = {
-                "dest": f.name,
-                "default": default,
-                "help": f"{helptext} (default: {shown})",
-                "type": _cli_parser(cls, f),
-            }
-            choices = f.metadata.get("choices") or (
-                list(_args_of(tp)) if typing.get_origin(tp) is Literal else None
-            )
-            if choices:
-                kwargs["choices"] = list(choices)
-                kwargs.pop("type")
-            group.add_argument(*names, **kwargs)
-        derived.append((f.name, cls, f.name))
-
-
-def from_args(
-    cls: type, args: argparse.Namespace, *, exclude: Iterable[str] = (), **fixed: Any
-) -> Any:
-    """An instance of ``cls`` from parsed flags (fields in ``exclude`` keep their defaults)."""
-    exclude = set(exclude)
-    kwargs = {
-        f.name: getattr(args, f.name)
-        for f in config_fields(cls)
-        if f.name not in exclude and f.metadata.get("cli", True) and hasattr(args, f.name)
-    }
-    kwargs.update(fixed)
-    return build(cls, kwargs, fix="fix that option (see --help)")

@@ -109,7 +109,8 @@ class AlignEZConfig:
         help="harm directions a query keeps: all of them (the ReLU gate tests presence), or those it leans to",
     )
     center: bool = option(
-        True, help="measure gates and filter from the fitted centres (--no-center: literal <x, θ>)"
+        True,
+        help="measure gates and filter from the fitted centres (off: the literal <x, θ> and cos(Φ, θ))",
     )
     unit: Literal["relative", "absolute"] = option(
         "relative", help="relative: scales × the layer's answer-embedding norm; absolute: as given"

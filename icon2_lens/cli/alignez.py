@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens._config import ConfigError
 from icon2_lens._files import write_jsonl
 from icon2_lens.alignez.apply import AlignEZEditor
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.alignez.edit import load_alignez
 from icon2_lens.alignez.fit import fit_alignez
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.instructions.builtin import load_instructions, read_instruction_file
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.generate import Decoding, generate

@@ -4,7 +4,7 @@ import logging
 import math
 from pathlib import Path
 
-from icon2_lens._config import add_arguments, from_args
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.dpo.curves import train_rows
 from icon2_lens.dpo.settings import DPOSettings
 from icon2_lens.dpo.train import train_dpo

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from icon2_lens._config import ConfigError, add_arguments, from_args
-from icon2_lens.directions.extract import load_extraction
+from icon2_lens._config import ConfigError
+from icon2_lens.cli.args import add_arguments, from_args
+from icon2_lens.directions.folder import load_extraction
 from icon2_lens.evaluate.judging import (
     EvalConfig,
     evaluate_systems,

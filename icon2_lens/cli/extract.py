@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from icon2_lens._config import add_arguments, from_args
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.directions.criteria import load_criteria_file
 from icon2_lens.directions.extract import ExtractConfig, run_extraction
 from icon2_lens.instructions.builtin import read_instruction_file

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens._config import ConfigError
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.consistency.filter import KEPT_FILE, MARKER, FilterConfig, run_filter
-from icon2_lens.directions.extract import load_extraction
+from icon2_lens.directions.folder import load_extraction
 from icon2_lens.instructions.builtin import read_instruction_file
 
 from ._common import Result, add_config_option, add_model, add_run_options, load, out_dir

@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from icon2_lens._config import add_arguments, from_args
 from icon2_lens._files import write_json
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.consistency.filter import read_kept
-from icon2_lens.directions.extract import load_extraction
+from icon2_lens.directions.folder import load_extraction
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 from icon2_lens.pairs.margins import pair_margins
 

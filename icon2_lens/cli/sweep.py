@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens._config import ConfigError
 from icon2_lens._files import read_json, read_jsonl, write_json, write_jsonl
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.consistency.filter import KeptInstruction
 from icon2_lens.consistency.scores import score_consistency
-from icon2_lens.directions.extract import load_extraction
+from icon2_lens.directions.folder import load_extraction
 from icon2_lens.figures import write_figures_or_warn
 from icon2_lens.instructions.builtin import load_instructions, read_instruction_file
 from icon2_lens.pairs.sweep import (

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from icon2_lens._config import ConfigError, add_arguments, from_args
+from icon2_lens._config import ConfigError
+from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.instructions.synthesize import (
     SynthesisConfig,
     synthesize_instructions,

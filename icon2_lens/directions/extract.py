@@ -20,18 +20,16 @@ import json
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
 from icon2_lens._config import documented, option
-from icon2_lens._files import read_json, write_json
-from icon2_lens._types import SITES, LayerActs, LensModel
-from icon2_lens.figures import write_figures_or_warn
+from icon2_lens._files import settings_differences
+from icon2_lens._types import SITES, LensModel
 from icon2_lens.instructions.builtin import load_instructions
 from icon2_lens.model.chat import render_chat, require_chat_template
 from icon2_lens.model.collect import collect_resid
@@ -39,16 +37,10 @@ from icon2_lens.model.hooks import check_site, normalize_layers
 from icon2_lens.model.load import model_fingerprint, package_versions
 
 from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria
-from .diagnostics import criterion_cosines, layer_cosines, layer_table, recommend_interval
+from .diagnostics import layer_table, recommend_interval
 from .fit import METHODS, fit_directions
-from .plots import (
-    plot_criterion_cosines,
-    plot_layer_cosines,
-    plot_layer_selection,
-    plot_projection_hist,
-    plot_scatter,
-    plot_summary,
-)
+from .folder import is_finished, read_criterion, write_criterion, write_outputs
+from .results import ContrastActivations, CriterionResult, ExtractionResult
 from .set import DirectionSet, load_direction_set
 
 __all__ = [
@@ -59,8 +51,6 @@ __all__ = [
     "contrast_activations",
     "extract_criterion",
     "run_extraction",
-    "load_extraction",
-    "write_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,7 +79,7 @@ class ExtractConfig:
         "of [Δ;−Δ]; mean_diff: the normalised mean contrast",
     )
     center: bool = option(
-        True, help="centre the contrasts before PCA (method pca only; --no-center: uncentred PCA)"
+        True, help="centre the contrasts before PCA (method pca only; off: uncentred PCA)"
     )
     site: str = option("resid_post", choices=SITES, help="residual site read")
     layers: tuple[int, ...] | None = option(
@@ -104,7 +94,8 @@ class ExtractConfig:
     backend: str = option(
         "fast",
         choices=("fast", "bridge"),
-        help="how residuals are read (see above); equal up to float rounding",
+        help="how residuals are read: fast (the SDPA twin, each system prompt computed once) or bridge (its hook "
+        "points); equal up to float rounding",
     )
 
     def __post_init__(self) -> None:
@@ -124,64 +115,6 @@ class ExtractConfig:
     @property
     def centering(self) -> str:
         return "mean" if (self.method == "pca" and self.center) else "none"
-
-
-@dataclass(frozen=True)
-class ContrastActivations:
-    """Last-token activations ``[n, layer, d_model]`` under the positive and negative prompt."""
-
-    pos: LayerActs
-    neg: LayerActs
-    pos_heldout: Float[Tensor, "m layer d_model"]
-    neg_heldout: Float[Tensor, "m layer d_model"]
-
-
-@dataclass
-class CriterionResult:
-    """Directions, per-layer diagnostics and recommended interval for one criterion."""
-
-    directions: DirectionSet
-    table: pd.DataFrame
-    interval: tuple[int, int]
-    activations: ContrastActivations | None = None  # None when loaded back from disk
-
-    def summary(self) -> dict[str, Any]:
-        t = self.table
-        best = t.sort_values(["heldout_single_acc", "separation"], ascending=False).iloc[0]
-        lo, hi = self.interval
-        inside = t[(t["layer"] >= lo) & (t["layer"] <= hi)]
-        return {
-            "criterion": self.directions.criterion,
-            "best_layer": int(best["layer"]),
-            "best_layer_single_acc": float(best["heldout_single_acc"]),
-            "interval": f"{lo}-{hi}",
-            "interval_paired_acc": float(inside["heldout_paired_acc"].mean()),
-            "interval_min_paired_acc": float(inside["heldout_paired_acc"].min()),
-            "interval_single_acc": float(inside["heldout_single_acc"].mean()),
-        }
-
-
-@dataclass
-class ExtractionResult:
-    """Everything :func:`run_extraction` produced, keyed by criterion name."""
-
-    results: dict[str, CriterionResult] = field(default_factory=dict)
-    config: ExtractConfig | None = None
-
-    @property
-    def sets(self) -> list[DirectionSet]:
-        return [r.directions for r in self.results.values()]
-
-    def table(self) -> pd.DataFrame:
-        """All criteria's per-layer diagnostics in one long table."""
-        return pd.concat([r.table for r in self.results.values()], ignore_index=True)
-
-    def summary(self) -> pd.DataFrame:
-        """One row per criterion: best layer, recommended interval and its held-out accuracy."""
-        return pd.DataFrame([r.summary() for r in self.results.values()])
-
-    def criterion_cosines(self) -> pd.DataFrame:
-        return criterion_cosines(self.sets)
 
 
 def _digest(items: Sequence[str]) -> str:
@@ -370,7 +303,7 @@ def run_extraction(
     out_dir = Path(out) if out is not None else None
     for criterion in criteria:
         done = out_dir / criterion.name if out_dir is not None else None
-        if done is not None and (done / "diagnostics.json").is_file():
+        if done is not None and is_finished(done):
             result.results[criterion.name] = _load_finished(
                 model, criterion, done, config, train, heldout
             )
@@ -381,7 +314,7 @@ def run_extraction(
         )
         result.results[criterion.name] = res
         if done is not None:
-            _write_criterion(res, done, figures=figures, png=png)
+            write_criterion(res, done, figures=figures, png=png)
     if out_dir is not None:
         write_outputs(result, out_dir, figures=figures, png=png)
     return result
@@ -405,103 +338,10 @@ def _load_finished(model, criterion, done: Path, config, train, heldout) -> Crit
     have = {k: ds.meta.get(k) for k in _SETTINGS_KEYS}
     want["extract_config"] = _comparable(want["extract_config"])
     have["extract_config"] = _comparable(dict(have["extract_config"] or {}))
-    # compare through JSON so tuples and lists (as read back from cfg.json) count as equal
-    if json.loads(json.dumps(want)) != json.loads(json.dumps(have)):
+    diff = settings_differences(want, have)
+    if diff:
         raise ValueError(
-            f"{done} already holds '{criterion.name}' directions extracted with different settings; "
-            "choose another output directory or delete that folder"
+            f"{done} already holds '{criterion.name}' directions extracted with different settings "
+            f"(differences in: {', '.join(diff)}); choose another output directory or delete that folder"
         )
-    diag = read_json(done / "diagnostics.json")
-    return CriterionResult(ds, pd.DataFrame(diag["layers"]), tuple(diag["interval"]))
-
-
-def _write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bool) -> None:
-    res.directions.save(done)
-    if figures:
-        acts = res.activations
-        lo, hi = res.interval
-        layer = res.summary()["best_layer"]
-        figs = {
-            f"{res.directions.criterion}_layer_selection": plot_layer_selection(
-                res.table, res.interval
-            )
-        }
-        if acts is not None:
-            mid = (lo + hi) // 2
-            figs[f"{res.directions.criterion}_scatter_layer{mid}"] = plot_scatter(res, layer=mid)
-            figs[f"{res.directions.criterion}_projections_layer{layer}"] = plot_projection_hist(
-                res, layer=layer
-            )
-        write_figures_or_warn(figs, done.parent / "figures", png=png)
-    # Written last: its presence marks the criterion as finished.
-    cos = layer_cosines(res.directions)
-    write_json(
-        {
-            "interval": list(res.interval),
-            "summary": res.summary(),
-            "layers": res.table.to_dict(orient="records"),
-            "layer_cosines": {
-                "layers": list(res.directions.layers),
-                "matrix": cos.values.round(6).tolist(),
-            },
-        },
-        done / "diagnostics.json",
-    )
-
-
-def write_outputs(
-    result: ExtractionResult, out_dir: Path, *, figures: bool = True, png: bool = True
-) -> None:
-    """Write the cross-criterion files: ``diagnostics.json`` and the cosine heatmaps."""
-    cos = result.criterion_cosines()
-    write_json(
-        {
-            "config": asdict(result.config) if result.config else None,
-            "summary": result.summary().to_dict(orient="records"),
-            "layers": result.table().to_dict(orient="records"),
-            "criterion_cosines": cos.to_dict(orient="records"),
-            "interval_rule": "width round(n_layers/3), layers 1..n-2, max mean heldout_single_acc, "
-            "ties (within 0.005) to the window closest to the middle",
-        },
-        out_dir / "diagnostics.json",
-    )
-    if figures:
-        figs = {"layer_selection_all": plot_summary(result)}
-        figs["criterion_cosines"] = plot_criterion_cosines(cos)
-        for name, res in result.results.items():
-            figs[f"{name}_layer_cosines"] = plot_layer_cosines(res.directions)
-        write_figures_or_warn(figs, out_dir / "figures", png=png)
-
-
-def load_extraction(
-    path: str | Path, *, model: Any = None, criteria: list[str] | None = None
-) -> tuple[dict[str, DirectionSet], dict[str, list[int]]]:
-    """Direction sets and recommended control intervals from an ``icon2-lens extract`` directory.
-
-    Args:
-        path: The extraction output directory (one sub-directory per criterion).
-        model: If given, every set is checked against it (width, layers, weight fingerprint).
-        criteria: Criteria to load (default: every finished one).
-
-    Returns:
-        ``(sets, intervals)``: criterion -> :class:`DirectionSet`, criterion -> interval layers.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise ValueError(
-            f"{root} is not a directory: pass the output directory of 'icon2-lens extract'"
-        )
-    found = sorted(p.parent.name for p in root.glob("*/diagnostics.json"))
-    names = list(criteria) if criteria else found
-    missing = [c for c in names if c not in found]
-    if missing or not names:
-        raise ValueError(
-            f"{root} holds no finished extraction for {missing or 'any criterion'} "
-            f"(found: {found or 'none'}); run 'icon2-lens extract --out {root}' first"
-        )
-    sets, intervals = {}, {}
-    for name in names:
-        sets[name] = load_direction_set(root / name, model=model)
-        lo, hi = read_json(root / name / "diagnostics.json")["interval"]
-        intervals[name] = list(range(int(lo), int(hi) + 1))
-    return sets, intervals
+    return read_criterion(ds, done)

@@ -32,7 +32,7 @@ from icon2_lens._types import LensModel
 from icon2_lens.alignez.apply import generate_alignez
 from icon2_lens.alignez.edit import load_alignez
 from icon2_lens.consistency.scores import score_consistency
-from icon2_lens.directions.extract import load_extraction
+from icon2_lens.directions.folder import load_extraction
 from icon2_lens.directions.steer import SteeringSpec
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.generate import Decoding, generate

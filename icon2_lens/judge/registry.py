@@ -120,7 +120,7 @@ def make_judge(
         if not direction_sets:
             raise ValueError(
                 "the 'inherent' judge reads responses along criterion directions: pass direction_sets="
-                "{criterion: DirectionSet} (e.g. the sets of an extraction, icon2_lens.directions.extract.load_extraction)"
+                "{criterion: DirectionSet} (e.g. the sets of an extraction, icon2_lens.directions.folder.load_extraction)"
             )
         return spec.factory(model, direction_sets, layers=layers, **kw)
     return spec.factory(model, **kw)

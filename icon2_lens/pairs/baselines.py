@@ -313,7 +313,7 @@ def make_pairs(
         need(
             direction_sets,
             "direction_sets",
-            "the criterion directions (icon2_lens.directions.extract.load_extraction)",
+            "the criterion directions (icon2_lens.directions.folder.load_extraction)",
         )
     if source == "icon2":
         result = generate_pairs(

@@ -17,7 +17,8 @@ from icon2_lens._files import read_jsonl, read_marker, write_json, write_jsonl
 from icon2_lens._types import LensModel
 from icon2_lens.consistency.filter import FilterConfig, KeptInstruction, run_filter
 from icon2_lens.consistency.scores import score_consistency
-from icon2_lens.directions.extract import ExtractConfig, load_extraction, run_extraction
+from icon2_lens.directions.extract import ExtractConfig, run_extraction
+from icon2_lens.directions.folder import load_extraction
 from icon2_lens.directions.set import DirectionSet
 from icon2_lens.dpo.settings import DPOSettings
 from icon2_lens.dpo.train import train_dpo

@@ -15,11 +15,11 @@ from icon2_lens import (
     SteeringSpec,
     extract_criterion,
     generate_pairs,
-    generate_rows,
     get_criteria,
     render_chat,
 )
 from icon2_lens.model.chat import encode_prompts, pad_left
+from icon2_lens.model.generate import generate_rows
 from icon2_lens.pairs.margins import pair_margins
 
 QUESTIONS = [

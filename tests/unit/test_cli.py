@@ -7,8 +7,9 @@ import tomllib
 
 import pytest
 
-from icon2_lens._config import DERIVED_FLAGS, config_fields
+from icon2_lens._config import config_fields
 from icon2_lens.cli import COMMANDS, build_parser, main
+from icon2_lens.cli.args import DERIVED_FLAGS
 from icon2_lens.runs.config import RunConfig
 from icon2_lens.testing import save_tiny_model
 
@@ -170,3 +171,19 @@ def test_stage_flags_take_defaults_from_a_config_section(tmp_path):
     assert apply_config(parser.commands["pairs"][1], args, CONFIG_CLASSES)
     args = parser.parse_args(argv)
     assert (args.gamma_pos, args.layers, args.seed, args.batch_size) == (0.05, (2, 3), 7, 3)
+
+
+def test_run_command_on_a_tiny_config(tmp_path, tiny_dir, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'model = "{tiny_dir}"\n[extract]\ncriteria = ["honesty"]\nn_instructions = 4\nn_heldout = 2\n')
+    out = tmp_path / "run"
+    capsys.readouterr()
+    argv = ["run", "--config", str(toml), "--out", str(out), "--stop-after", "extract", "--no-png", "--no-progress"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["outputs"]["report"].endswith("report.md") and (out / "extract" / "honesty" / "cfg.json").is_file()
+    recorded = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert recorded == RunConfig.from_toml(toml)
+    toml.write_text(toml.read_text().replace("n_heldout = 2", "n_heldout = 3"))
+    line = _error(capsys, argv)
+    assert "another configuration (differences in: extract.n_heldout)" in line

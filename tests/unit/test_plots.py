@@ -1,7 +1,7 @@
 import pytest
 
 from icon2_lens.directions.criteria import Criterion
-from icon2_lens.directions.extract import ExtractConfig, ExtractionResult, extract_criterion
+from icon2_lens.directions.extract import ExtractConfig, extract_criterion
 from icon2_lens.directions.plots import (
     plot_criterion_cosines,
     plot_layer_cosines,
@@ -10,6 +10,7 @@ from icon2_lens.directions.plots import (
     plot_scatter,
     plot_summary,
 )
+from icon2_lens.directions.results import ExtractionResult
 from icon2_lens.figures import write_figures
 
 TRAIN = [
