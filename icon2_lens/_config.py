@@ -83,6 +83,7 @@ def option(
     layers: str | None = None,
     sep: str = ",",
     choices: Sequence[str] | None = None,
+    exclusive: str | None = None,
     cli: bool = True,
 ) -> Any:
     """A dataclass field with its help text and how it appears on the command line.
@@ -98,6 +99,7 @@ def option(
         sep: Separator of a list field's items on the command line.
         choices: The values a string field may take (its class validates them too; ``Literal``
             annotations give choices without this).
+        exclusive: Fields naming the same group cannot be given together on the command line.
         cli: Offer the field as a flag (``False`` keeps it to configuration files).
     """
     metadata = {
@@ -107,6 +109,7 @@ def option(
         "layers": layers,
         "sep": sep,
         "choices": tuple(choices) if choices else None,
+        "exclusive": exclusive,
         "cli": cli,
     }
     if factory is not None:
@@ -206,12 +209,15 @@ def describe_type(tp: Any) -> str:
 def parse_layer_spec(spec: str, none_word: str | None = None) -> tuple[int, ...] | None:
     """A layer selection written as text: ``"10-19"``, ``"3,5,-1"``, ``"2-4,-1"``; ``none_word`` → ``None``.
 
-    Negative indices count from the end; they are resolved against a model where the layers are
-    used. ``"all"`` means ``None`` when ``none_word`` is ``"all"``.
+    The layers come back sorted and distinct. Negative indices count from the end; they are
+    resolved against a model where the layers are used. ``"all"`` means ``None`` when
+    ``none_word`` is ``"all"``.
 
     Example:
-        >>> parse_layer_spec("2-4,-1"), parse_layer_spec("criterion", "criterion")
-        ((2, 3, 4, -1), None)
+        >>> parse_layer_spec("4,2-3,3"), parse_layer_spec("criterion", "criterion")
+        ((2, 3, 4), None)
+        >>> parse_layer_spec("2-4,-1")
+        (-1, 2, 3, 4)
     """
     text = spec.strip()
     if none_word is not None and text.lower() == none_word:
@@ -233,7 +239,7 @@ def parse_layer_spec(spec: str, none_word: str | None = None) -> tuple[int, ...]
         ) from None
     if not out:
         raise ConfigError(f"the layer selection {spec!r} is empty", "name at least one layer")
-    return tuple(out)
+    return tuple(sorted(set(out)))
 
 
 def format_layers(layers: Sequence[int] | None, none_word: str | None = None) -> str:
@@ -349,10 +355,11 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, *, where: str = "", **f
     Raises:
         ConfigError: An unknown key, a wrong type, or a value the class itself rejects.
     """
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
         raise ConfigError(
-            f"section {where.rstrip('.')!r} must be a table",
+            f"section {where.rstrip('.') or cls.__name__!r} must be a table, got {data!r}",
             "write it as [section] with key = value lines",
         )
     names = [f.name for f in config_fields(cls)]

@@ -45,19 +45,24 @@ COMMANDS: dict[str, str] = {
 _NOISY = ("httpx", "urllib3", "choreographer", "kaleido", "transformers", "transformer_lens")
 
 
-def _shared() -> argparse.ArgumentParser:
+def _shared(*, defaults: bool = True) -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
+    # on the commands, a flag left out must not undo the same flag given before the command
+    kw = {} if defaults else {"default": argparse.SUPPRESS}
     shared.add_argument(
-        "-v", "--verbose", action="store_true", help="log debug messages (to stderr)"
+        "-v", "--verbose", action="store_true", help="log debug messages (to stderr)", **kw
     )
-    shared.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    shared.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    shared.add_argument("--debug", action="store_true", help="show the traceback of an error", **kw)
+    shared.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object", **kw
+    )
     return shared
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (``parser.commands`` maps a name to its module and subparser)."""
     parser = Parser(
+        parents=[_shared()],
         prog="icon2-lens",
         description="Preference directions and self-synthesized DPO data from a "
         "model's own residual stream (Icon², AlignEZ) on TransformerLens.",
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    shared = _shared()
+    shared = _shared(defaults=False)
     parser.commands = {}
     for name, module_name in COMMANDS.items():
         module = import_module(f"{__name__}.{module_name}")

@@ -14,6 +14,7 @@ __all__ = [
     "Parser",
     "Result",
     "add_model",
+    "add_directions",
     "add_run_options",
     "add_config_option",
     "apply_config",
@@ -64,6 +65,12 @@ def render(command: str, result: Result, *, as_json: bool) -> str:
     return "\n\n".join(parts)
 
 
+def add_directions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--directions", default="runs/extract", help="output directory of 'icon2-lens extract'"
+    )
+
+
 def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -73,9 +80,14 @@ def add_model(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, png: bool = True) -> None:
+    """``--no-progress`` and ``--no-png`` (accepted by every command; ``png=False``: it writes no figures)."""
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    if png:
-        parser.add_argument("--no-png", action="store_true", help="write HTML figures only")
+    help_png = (
+        "write HTML figures only"
+        if png
+        else "accepted for a uniform command line; this command writes no figures"
+    )
+    parser.add_argument("--no-png", action="store_true", help=help_png)
 
 
 def add_config_option(parser: argparse.ArgumentParser, section: str) -> None:
@@ -101,13 +113,15 @@ def apply_config(
     if not path or not section:
         return False
     data = read_toml(path)
-    values: dict[str, Any] = dict(data.get(section) or {})
-    if not isinstance(values, Mapping):
+    raw = data.get(section, {})
+    if not isinstance(raw, Mapping):
         raise ConfigError(
             f"{path}: [{section}] must be a table", "write it as [section] with key = value lines"
         )
+    values: dict[str, Any] = dict(raw)
+    has_seed = any(f.name == "seed" for cls in classes for f in config_fields(cls))
     for key in ("model", "seed"):
-        if key in data and key not in values:
+        if key in data and key not in values and (key == "model" or has_seed):
             values[key] = data[key]
     defaults: dict[str, Any] = {}
     if "model" in values:

@@ -100,6 +100,7 @@ def add_arguments(
     if derived is None:
         derived = []
         setattr(parser, DERIVED_FLAGS, derived)
+    exclusive: dict[str, Any] = {}
     for f in config_fields(cls):
         if (
             f.name in exclude
@@ -110,12 +111,18 @@ def add_arguments(
         default = default_of(f)
         names = [flag_of(f), *f.metadata.get("aliases", ())]
         helptext = help_of(f).replace("%", "%%")
+        where = group
+        if f.metadata.get("exclusive"):
+            key = f.metadata["exclusive"]
+            if key not in exclusive:
+                exclusive[key] = group.add_mutually_exclusive_group()
+            where = exclusive[key]
         tp, _ = strip_none(field_type(cls, f.name))
         if tp is bool and f.metadata.get("layers") is None:
             action = "store_false" if default is True else "store_true"
             if default is True:
                 helptext = f"turn off: {helptext}"
-            group.add_argument(*names, dest=f.name, action=action, default=default, help=helptext)
+            where.add_argument(*names, dest=f.name, action=action, default=default, help=helptext)
         else:
             shown = (
                 format_value(cls, f.name, default)
@@ -135,7 +142,7 @@ def add_arguments(
             if choices:
                 kwargs["choices"] = list(choices)
                 kwargs.pop("type")
-            group.add_argument(*names, **kwargs)
+            where.add_argument(*names, **kwargs)
         derived.append((f.name, cls, f.name))
 
 

@@ -57,4 +57,6 @@ def run(args) -> Result:
         if args.format == "toml"
         else json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
     )
-    return Result(text, outputs={})
+    return Result(
+        None if args.json else text, summary={"config": cfg.to_dict()} if args.json else {}
+    )

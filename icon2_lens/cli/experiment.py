@@ -3,12 +3,15 @@
 import time
 from pathlib import Path
 
-from icon2_lens.runs.config import ExperimentConfig
+from icon2_lens.runs.config import ExperimentConfig, recorded_config
 from icon2_lens.runs.experiment import run_experiment
 
 from ._common import Result, add_run_options, out_dir
 
 __all__ = ["register", "run"]
+
+PRESET = "configs/experiment-small.toml"
+"""The configuration used when none is given and --out holds none (relative to the working directory)."""
 
 
 def register(sub, parents):
@@ -22,8 +25,8 @@ def register(sub, parents):
         "--config",
         default=None,
         metavar="TOML",
-        help="experiment configuration (presets: configs/experiment-small.toml, "
-        "configs/experiment-large.toml); default: every setting's default",
+        help="configuration (presets in configs/); default: the recorded one when --out holds a experiment, "
+        "else configs/experiment-small.toml",
     )
     p.add_argument(
         "--out",
@@ -35,8 +38,14 @@ def register(sub, parents):
 
 
 def run(args) -> Result:
-    cfg = ExperimentConfig.from_toml(args.config)
     out = out_dir(args.out)
+    cfg = (
+        ExperimentConfig.from_toml(args.config)
+        if args.config
+        else recorded_config(out, ExperimentConfig)
+    )
+    if cfg is None:
+        cfg = ExperimentConfig.from_toml(PRESET)
     t0 = time.perf_counter()
     result = run_experiment(cfg, out, progress=not args.no_progress, png=not args.no_png)
     return Result(

@@ -8,7 +8,15 @@ from icon2_lens.consistency.filter import KEPT_FILE, MARKER, FilterConfig, run_f
 from icon2_lens.directions.folder import load_extraction
 from icon2_lens.instructions.builtin import read_instruction_file
 
-from ._common import Result, add_config_option, add_model, add_run_options, load, out_dir
+from ._common import (
+    Result,
+    add_config_option,
+    add_directions,
+    add_model,
+    add_run_options,
+    load,
+    out_dir,
+)
 
 __all__ = ["register", "run", "CONFIG_CLASSES"]
 
@@ -23,9 +31,7 @@ def register(sub, parents):
     )
     add_model(p)
     p.add_argument("--instructions", required=True, help=".jsonl ('instruction') or .txt file")
-    p.add_argument(
-        "--directions", default="runs/extract", help="output directory of 'icon2-lens extract'"
-    )
+    add_directions(p)
     add_arguments(p, FilterConfig)
     p.add_argument("--out", default="runs/filter", help="output directory")
     add_run_options(p)

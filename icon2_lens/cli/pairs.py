@@ -10,7 +10,15 @@ from icon2_lens.directions.folder import load_extraction
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 from icon2_lens.pairs.margins import pair_margins
 
-from ._common import Result, add_config_option, add_model, add_run_options, load, out_dir
+from ._common import (
+    Result,
+    add_config_option,
+    add_directions,
+    add_model,
+    add_run_options,
+    load,
+    out_dir,
+)
 
 __all__ = ["register", "run", "CONFIG_CLASSES"]
 
@@ -25,9 +33,7 @@ def register(sub, parents):
     )
     add_model(p)
     p.add_argument("--kept", required=True, help="kept.jsonl written by 'icon2-lens filter'")
-    p.add_argument(
-        "--directions", default="runs/extract", help="output directory of 'icon2-lens extract'"
-    )
+    add_directions(p)
     add_arguments(p, PairConfig)
     p.add_argument(
         "--out",

@@ -3,12 +3,15 @@
 import time
 from pathlib import Path
 
-from icon2_lens.runs.config import RunConfig
+from icon2_lens.runs.config import RunConfig, recorded_config
 from icon2_lens.runs.pipeline import STAGES, run_pipeline
 
 from ._common import Result, add_run_options, out_dir
 
 __all__ = ["register", "run"]
+
+PRESET = "configs/default.toml"
+"""The configuration used when none is given and --out holds none (relative to the working directory)."""
 
 
 def register(sub, parents):
@@ -21,8 +24,8 @@ def register(sub, parents):
         "--config",
         default=None,
         metavar="TOML",
-        help="run configuration (presets in configs/, e.g. configs/default.toml); default: every "
-        "setting's default (see 'icon2-lens config show')",
+        help="configuration (presets in configs/); default: the recorded one when --out holds a run, "
+        "else configs/default.toml",
     )
     p.add_argument(
         "--out", default="runs/default", help="run folder (resumed if it holds this configuration)"
@@ -33,8 +36,10 @@ def register(sub, parents):
 
 
 def run(args) -> Result:
-    cfg = RunConfig.from_toml(args.config)
     out = out_dir(args.out)
+    cfg = RunConfig.from_toml(args.config) if args.config else recorded_config(out, RunConfig)
+    if cfg is None:
+        cfg = RunConfig.from_toml(PRESET)
     t0 = time.perf_counter()
     summary = run_pipeline(
         cfg, out, progress=not args.no_progress, png=not args.no_png, stop_after=args.stop_after

@@ -23,7 +23,7 @@ from icon2_lens.pairs.sweep import (
     summarize_sweep,
 )
 
-from ._common import Result, add_model, add_run_options, load, out_dir
+from ._common import Result, add_directions, add_model, add_run_options, load, out_dir
 
 __all__ = ["register", "run"]
 
@@ -35,9 +35,7 @@ def register(sub, parents):
         help="sweep γ and layer intervals; pick a setting by the documented rule",
     )
     add_model(p)
-    p.add_argument(
-        "--directions", default="runs/extract", help="output directory of 'icon2-lens extract'"
-    )
+    add_directions(p)
     p.add_argument(
         "--instructions",
         default=None,
@@ -84,9 +82,21 @@ def _rechoose(args, out: Path) -> Result:
     res = summarize_sweep(responses)
     old = read_json(meta).get("rule", {})
     config = from_args(SweepConfig, args)
-    rule = {k: old[k] for k in ("max_degenerate", "nll_tolerance") if k in old}
-    config = dataclasses.replace(config, **rule)
-    res.rule = {**old, "min_win": config.min_win, "min_effect": config.min_effect}
+    # min_win and min_effect come from this call; the fluency bounds keep the sweep's own unless given here
+    defaults = SweepConfig()
+    kept = {
+        k: old[k]
+        for k in ("max_degenerate", "nll_tolerance")
+        if k in old and getattr(config, k) == getattr(defaults, k)
+    }
+    config = dataclasses.replace(config, **kept)
+    res.rule = {
+        **old,
+        "min_win": config.min_win,
+        "min_effect": config.min_effect,
+        "max_degenerate": config.max_degenerate,
+        "nll_tolerance": config.nll_tolerance,
+    }
     res.choice = choose_setting(res, config)
     return _result(res, out, png=not args.no_png)
 

@@ -79,9 +79,13 @@ class FilterConfig:
     layers: Literal["all", "control"] = option(
         "all", help="average over all layers (Icon²) or over each criterion's control interval"
     )
-    fraction: float = option(0.1, help="keep this top fraction (Icon² keeps ≈ 10 %)")
+    fraction: float = option(
+        0.1, exclusive="keep", help="keep this top fraction (Icon² keeps ≈ 10 %)"
+    )
     threshold: float | None = option(
-        None, help="keep every instruction scoring at least this, instead of fraction"
+        None,
+        exclusive="keep",
+        help="keep every instruction scoring at least this, instead of fraction",
     )
     wrap: Literal["chat", "raw"] = option(
         "chat", help="instruction as scored: in the chat template, or the bare text"

@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float
 
 from icon2_lens._types import LensModel
-from icon2_lens.model._hf import forward_options
 from icon2_lens.model.chat import encode_prompts, pad_left, render_chat
+from icon2_lens.model.compat import forward_options
 from icon2_lens.model.cost import count_forward
 from icon2_lens.model.twin import fast_twin
 

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from icon2_lens._config import documented, option
 from icon2_lens._types import LensModel
 
-from ._hf import forward_options, output_cache
 from .chat import encode_prompts, pad_left, user_turn_template
+from .compat import forward_options, output_cache
 from .cost import count_forward
 from .hooks import ResidualEditor, RowSelection
 from .twin import attached, block_modules, fast_twin

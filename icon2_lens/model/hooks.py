@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from icon2_lens._config import parse_layer_spec
 from icon2_lens._types import SITES, LensModel
 
 __all__ = [
@@ -117,23 +118,10 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
         >>> parse_layers("2-4,-1", 30)
         [2, 3, 4, 29]
     """
-    if spec is None or spec.strip().lower() in ("", "all"):
+    if spec is None or not spec.strip():
         return normalize_layers(None, n_layers)
-    layers: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-") if not part.startswith("-") else ("", "", "")
-        try:
-            if sep and lo:
-                layers.extend(range(int(lo), int(hi) + 1))
-            else:
-                layers.append(int(part))
-        except ValueError as e:
-            raise ValueError(
-                f"cannot read layer selection {spec!r}: use 'all', 'A-B' ranges and "
-                "comma-separated indices such as '10-19' or '3,5,-1'"
-            ) from e
-    return normalize_layers(layers, n_layers)
+    layers = parse_layer_spec(spec, "all")
+    return normalize_layers(None if layers is None else list(layers), n_layers)
 
 
 def validate_hook_names(model: LensModel, names: Iterable[str]) -> None:

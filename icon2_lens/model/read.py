@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from icon2_lens._types import Directions, LensModel
 
-from ._hf import accepts, forward_options
 from .chat import pad_left, render_chat
+from .compat import accepts, forward_options
 from .cost import count_forward
 from .hooks import check_site, normalize_layers, resid_hook_name
 from .twin import FAST_SITES, StopForward, block_modules, fast_twin, register_site_hook

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from icon2_lens._types import LensModel
 
-from ._hf import forward_options, output_cache
+from .compat import forward_options, output_cache
 from .cost import count_forward
 from .hooks import ResidualFn, as_tl_hook, split_hook_name
 

@@ -30,7 +30,7 @@ generator, so a resumed run writes the same pairs as an uninterrupted one.
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,12 +146,11 @@ def _resolve_layers(
     config: PairConfig,
     sets: Mapping[str, DirectionSet],
     intervals: Mapping[str, Sequence[int]] | None,
-    n_layers: int,
 ) -> dict[str, list[int]]:
     out = {}
     for name, ds in sets.items():
-        if config.layers is not None:  # negative indices count from the end
-            layers = [x + n_layers if -n_layers <= x < 0 else x for x in config.layers]
+        if config.layers is not None:
+            layers = list(config.layers)
         elif intervals and name in intervals:
             layers = list(intervals[name])
         else:
@@ -215,6 +214,11 @@ def generate_pairs(
         All pairs and drops in ``out`` (or made now), with counts.
     """
     config = config or PairConfig()
+    if config.layers is not None:  # negative indices count from the end; recorded resolved
+        n = model.cfg.n_layers
+        config = replace(
+            config, layers=tuple(sorted({x + n if -n <= x < 0 else x for x in config.layers}))
+        )
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"source must be a non-empty string, got {source!r}")
     if isinstance(direction_sets, Mapping):
@@ -227,7 +231,7 @@ def generate_pairs(
         raise ValueError(f"no direction set for criteria {missing}; extract them first")
     for ds in sets.values():
         check_compatible(ds, model, check_fingerprint=False)
-    layers = _resolve_layers(config, sets, intervals, model.cfg.n_layers)
+    layers = _resolve_layers(config, sets, intervals)
     settings = _settings_doc(model, config, sets, layers, source)
     # files from before the source field are Icon² pairs
     store = PairStore(

@@ -19,8 +19,10 @@ presets are TOML files in ``configs/`` (``default.toml``, ``experiment-small.tom
 ``icon2-lens config show --config F`` prints the effective configuration with every field's help.
 
 A run folder records its configuration in ``config.json``; resuming compares the configuration
-read back from it with the current one (:func:`check_run_dir`), so folders written before a
-setting existed (which then had its default) still resume.
+read back from it with the current one (:func:`check_run_dir`, keys the file lacks take their
+defaults), so folders written before the settings were dataclasses still resume. The ``run`` and
+``experiment`` commands given an existing folder and no ``--config`` resume with its recorded
+configuration (:func:`recorded_config`).
 
 Example:
     >>> cfg = RunConfig.from_dict({"seed": 3, "pairs": {"layers": "13-15"}})
@@ -53,7 +55,7 @@ from icon2_lens._config import (
     to_dict,
     unknown_key,
 )
-from icon2_lens._files import read_json, write_json
+from icon2_lens._files import read_json, settings_differences, write_json
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.consistency.filter import FilterConfig
 from icon2_lens.directions.extract import ExtractConfig
@@ -61,6 +63,7 @@ from icon2_lens.dpo.settings import DPOSettings
 from icon2_lens.evaluate.judging import EvalConfig
 from icon2_lens.instructions.synthesize import SynthesisConfig
 from icon2_lens.judge.registry import JUDGES
+from icon2_lens.model.load import DEFAULT_MODEL
 from icon2_lens.pairs.baselines import SOURCES
 from icon2_lens.pairs.common import BaselineConfig
 from icon2_lens.pairs.icon2 import PairConfig
@@ -75,6 +78,7 @@ __all__ = [
     "read_toml",
     "load_config",
     "check_run_dir",
+    "recorded_config",
     "to_toml",
     "CONFIG_FILE",
 ]
@@ -174,7 +178,7 @@ class _Tree:
     """What a run and an experiment share: the model, the seed, and reading/writing the tree."""
 
     model: str = option(
-        "smollm2-135m",
+        DEFAULT_MODEL,
         help="embedded model key (smollm2-135m, gemma3-270m), HF model directory or hub id",
     )
     seed: int = option(0, help="seed of every stage (a section may set its own seed)")
@@ -201,7 +205,7 @@ class _Tree:
                 if f.name in data:
                     kwargs[f.name] = coerce(cls, f.name, data[f.name])
                 continue
-            given = data.get(f.name) or {}
+            given = data.get(f.name, {})
             if not isinstance(given, Mapping):
                 raise ConfigError(
                     f"section {f.name!r} must be a table",
@@ -319,8 +323,7 @@ def check_run_dir(out: str | Path, cfg: Any) -> None:
                 "choose another --out or delete it",
             ) from e
         if have != cfg:
-            a, b = _flat(to_dict(have)), _flat(to_dict(cfg))
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            diff = settings_differences(_flat(to_dict(cfg)), _flat(to_dict(have)))
             raise ConfigError(
                 f"{out} holds a run made with another configuration (differences in: "
                 f"{', '.join(diff[:8])}{', ...' if len(diff) > 8 else ''})",
@@ -329,6 +332,12 @@ def check_run_dir(out: str | Path, cfg: Any) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(to_dict(cfg), path)
+
+
+def recorded_config(out: str | Path, cls: type) -> Any:
+    """The configuration recorded in ``out/config.json`` (``None`` if there is none), to resume with."""
+    path = Path(out) / CONFIG_FILE
+    return cls.from_dict(read_json(path)) if path.is_file() else None
 
 
 def _toml_value(value: Any) -> str:
@@ -341,11 +350,14 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def _toml_lines(obj: Any) -> list[str]:
+def _toml_lines(obj: Any, *, inherited_seed: int | None = None) -> list[str]:
     lines = []
     cls = type(obj)
     for f in config_fields(cls):
         if _is_section(cls, f.name):
+            continue
+        if f.name == "seed" and inherited_seed is not None and obj.seed == inherited_seed:
+            lines.append(f"# seed = {inherited_seed}".ljust(40) + "  # the top-level seed")
             continue
         value = getattr(obj, f.name)
         if f.metadata.get("layers") is not None:
@@ -370,5 +382,6 @@ def to_toml(cfg: Any) -> str:
     ]
     for f in config_fields(type(cfg)):
         if _is_section(type(cfg), f.name):
-            out += ["", f"[{f.name}]  # {help_of(f)}", *_toml_lines(getattr(cfg, f.name))]
+            section_lines = _toml_lines(getattr(cfg, f.name), inherited_seed=cfg.seed)
+            out += ["", f"[{f.name}]  # {help_of(f)}", *section_lines]
     return "\n".join(out) + "\n"

@@ -86,14 +86,11 @@ def build_report(out: str | Path) -> list[Block]:
     b.append(("h2", "1. Directions"))
     diag = _load(out / "extract" / "diagnostics.json")
     if diag:
-        rows = (
-            [
-                {"criterion": name, **{k: _fmt(v) for k, v in s.items() if k != "criterion"}}
-                for name, s in diag.get("summary", {}).items()
-            ]
-            if isinstance(diag.get("summary"), dict)
-            else []
-        )
+        # one summary row per criterion (a list in diagnostics.json; older files may hold a mapping)
+        summary = diag.get("summary") or []
+        if isinstance(summary, dict):
+            summary = [{"criterion": name, **s} for name, s in summary.items()]
+        rows = [{k: _fmt(v) for k, v in s.items()} for s in summary]
         if rows:
             b.append(("table", pd.DataFrame(rows)))
         for name in cfg.get("extract", {}).get("criteria", []):

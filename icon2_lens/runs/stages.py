@@ -32,6 +32,7 @@ from icon2_lens.judge.rules import degeneracy
 from icon2_lens.judge.stats import paired_summary
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.generate import Decoding, generate
+from icon2_lens.model.hooks import normalize_layers
 from icon2_lens.model.load import load_model
 from icon2_lens.model.read import read_responses
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
@@ -147,9 +148,14 @@ def stage_dpo(
 
 
 def _control_layers(
-    pairs: PairConfig, sets: Mapping[str, DirectionSet], intervals: Mapping[str, Sequence[int]]
+    pairs: PairConfig,
+    sets: Mapping[str, DirectionSet],
+    intervals: Mapping[str, Sequence[int]],
+    n_layers: int,
 ) -> dict[str, list[int]]:
-    return {c: list(pairs.layers) if pairs.layers is not None else list(intervals[c]) for c in sets}
+    if pairs.layers is not None:
+        return {c: normalize_layers(list(pairs.layers), n_layers) for c in sets}
+    return {c: list(intervals[c]) for c in sets}
 
 
 def stage_evaluate(
@@ -177,10 +183,12 @@ def stage_evaluate(
         scoring=filter_config.scoring,
         layers=filter_config.layers,
         control_layers=intervals,
+        wrap=filter_config.wrap,
+        backend=filter_config.backend,
         progress=False,
     )
     crit = scores.best_criterion
-    lay_of = _control_layers(pairs, sets, intervals)
+    lay_of = _control_layers(pairs, sets, intervals, base.cfg.n_layers)
     decoding = Decoding(max_new_tokens=config.max_new_tokens)
     prompts = [render_chat(base.tokenizer, d) for d in held]
     base_out = generate(base, prompts, decoding, batch_size=config.batch_size, progress=progress)

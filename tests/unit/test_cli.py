@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -175,15 +176,64 @@ def test_stage_flags_take_defaults_from_a_config_section(tmp_path):
 
 def test_run_command_on_a_tiny_config(tmp_path, tiny_dir, capsys):
     toml = tmp_path / "run.toml"
-    toml.write_text(f'model = "{tiny_dir}"\n[extract]\ncriteria = ["honesty"]\nn_instructions = 4\nn_heldout = 2\n')
+    toml.write_text(
+        f'model = "{tiny_dir}"\n[extract]\ncriteria = ["honesty"]\nn_instructions = 4\nn_heldout = 2\n'
+    )
     out = tmp_path / "run"
     capsys.readouterr()
-    argv = ["run", "--config", str(toml), "--out", str(out), "--stop-after", "extract", "--no-png", "--no-progress"]
+    argv = [
+        "run",
+        "--config",
+        str(toml),
+        "--out",
+        str(out),
+        "--stop-after",
+        "extract",
+        "--no-png",
+        "--no-progress",
+    ]
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["outputs"]["report"].endswith("report.md") and (out / "extract" / "honesty" / "cfg.json").is_file()
+    assert (
+        result["outputs"]["report"].endswith("report.md")
+        and (out / "extract" / "honesty" / "cfg.json").is_file()
+    )
     recorded = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert recorded == RunConfig.from_toml(toml)
+    # without --config, the folder's recorded configuration resumes it
+    resume = ["run", "--out", str(out), "--stop-after", "extract", "--no-png", "--no-progress"]
+    assert main(resume) == 0
     toml.write_text(toml.read_text().replace("n_heldout = 2", "n_heldout = 3"))
     line = _error(capsys, argv)
     assert "another configuration (differences in: extract.n_heldout)" in line
+
+
+def test_review_regressions_stay_fixed(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[2]
+    parser = build_parser()
+    # the shared flags work before the command too, and --no-png is accepted everywhere
+    args = parser.parse_args(["-v", "--json", "pairs", "--kept", "k.jsonl", "--no-png"])
+    assert args.verbose and args.json and args.no_png
+    # a run preset's top-level seed does not break a section whose settings have no seed
+    from icon2_lens.cli._common import apply_config
+    from icon2_lens.cli.filter_ import CONFIG_CLASSES
+
+    argv = ["filter", "--instructions", "x.txt", "--config", str(root / "configs" / "default.toml")]
+    args = parser.parse_args(argv)
+    assert apply_config(parser.commands["filter"][1], args, CONFIG_CLASSES)
+    assert parser.parse_args(argv).fraction == 0.25
+    # fraction and threshold cannot be given together
+    line = _error(
+        capsys, ["filter", "--instructions", "x.txt", "--fraction", "0.2", "--threshold", "1"]
+    )
+    assert "not allowed with argument" in line
+
+
+def test_config_show_json_and_seed_inheritance(tmp_path, capsys):
+    assert main(["config", "show", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["config"]["pairs"]["layers"] == list(range(13, 23))
+    assert main(["config", "show"]) == 0
+    text = capsys.readouterr().out.replace("\nseed = 0", "\nseed = 9", 1)
+    edited = RunConfig.from_dict(tomllib.loads(text))
+    assert edited.seed == 9 and edited.pairs.seed == 9 and edited.extract.seed == 9

@@ -106,6 +106,7 @@ def test_defaults_come_from_the_dataclasses():
         ({"pairs": {"layers": "ten"}}, "cannot read layer selection"),
         ({"pairs": {"unit": "metres"}}, "use one of relative, absolute"),
         ({"pairs": 3}, "must be a table"),
+        ({"pairs": []}, "must be a table"),
         ({"exract": {}}, "did you mean 'extract'"),
     ],
 )

@@ -352,9 +352,13 @@ def test_the_report_and_the_training_log_use_one_saturation_rule():
         "early": [0.0, 0.5] + [1.0] * 48,
         "slow": [min(1.0, i / 40) for i in range(50)],
         "late": [0.5, 0.75] * 15 + [1.0] * 20,
-        "two-step spike": [0.0, 1.0, 1.0] + [0.5] * 47,  # a mean over 2 steps would call this saturated
+        "two-step spike": [0.0, 1.0, 1.0]
+        + [0.5] * 47,  # a mean over 2 steps would call this saturated
     }
-    curves = {k: [{"step": i + 1, "accuracy": a, "margin": 0.0} for i, a in enumerate(v)] for k, v in shapes.items()}
+    curves = {
+        k: [{"step": i + 1, "accuracy": a, "margin": 0.0} for i, a in enumerate(v)]
+        for k, v in shapes.items()
+    }
     table = saturation_steps(curves).set_index("source")
     for name, accuracies in shapes.items():
         flagged = check_reward_saturation(_history(accuracies)) is not None

@@ -1,4 +1,4 @@
-from icon2_lens.model._hf import forward_options, output_cache
+from icon2_lens.model.compat import forward_options, output_cache
 
 
 class _New:

@@ -66,6 +66,7 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     assert set(ev["gap_by_direction"]) == {"helpfulness", "honesty"}
     report = (out / "report.md").read_text()
     assert "pending" not in report and "Held-out evaluation" in report
+    assert "interval_paired_acc" in report.split("## 2.")[0]  # the directions table renders
     targets = re.findall(r"\]\(([^)]+)\)", report)
     assert targets and all(
         (out / t).is_file() for t in targets
