@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "dpo": "dpo",
     "eval": "eval_",
     "alignez": "alignez",
+    "audit": "audit",
     "run": "run",
     "experiment": "experiment",
     "config": "config",

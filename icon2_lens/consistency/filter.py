@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
-
 from icon2_lens._config import documented, option
 from icon2_lens._files import read_jsonl, read_marker, write_json, write_jsonl, write_text
 from icon2_lens._types import LensModel
 from icon2_lens.directions.set import DirectionSet
 from icon2_lens.figures import write_figures_or_warn
+from icon2_lens.pages import markdown_table
 
 from .plot import plot_consistency
 from .scores import score_consistency, score_summary
@@ -41,7 +40,6 @@ __all__ = [
     "run_filter",
     "read_kept",
     "write_kept",
-    "markdown_table",
     "MARKER",
     "KEPT_FILE",
 ]
@@ -102,26 +100,6 @@ class FilterConfig:
             raise ValueError(f"threshold must be finite, got {self.threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-style Markdown table (cells escaped for ``|`` and newlines).
-
-    Example:
-        >>> print(markdown_table(pd.DataFrame({"a": [1.0], "b": ["x|y"]})))
-        | a | b |
-        | --- | --- |
-        | 1.000 | x\\|y |
-    """
-
-    def cell(v: object) -> str:
-        text = (f"{v:.3f}" if abs(v) < 1e4 else f"{v:.3g}") if isinstance(v, float) else str(v)
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, rule, *rows])
 
 
 def write_kept(kept: Sequence[KeptInstruction], path: str | Path) -> None:

@@ -28,8 +28,9 @@ Example:
     [1.0, 1.0, 1.0]
 """
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pandas as pd
 import torch
@@ -44,6 +45,8 @@ __all__ = [
     "layer_cosines",
     "criterion_cosines",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def layer_table(
@@ -97,6 +100,7 @@ def recommend_interval(
     *,
     width: int | None = None,
     score: str = "heldout_single_acc",
+    avoid: Collection[int] = (),
 ) -> tuple[int, int]:
     """Pick a contiguous layer interval ``(first, last)`` by the rule in the module docstring.
 
@@ -105,12 +109,15 @@ def recommend_interval(
         n_layers: Number of blocks of the model.
         width: Interval length; default ``max(1, round(n_layers / 3))``.
         score: Column to maximise.
+        avoid: Layers no window may hold (unless every window holds one).
 
     Example:
         >>> import pandas as pd
         >>> t = pd.DataFrame({"layer": range(9), "heldout_single_acc": [.5, .6, .9, .9, .9, .9, .9, .7, .5]})
         >>> recommend_interval(t, 9)
         (3, 5)
+        >>> recommend_interval(t, 9, avoid={3})
+        (4, 6)
     """
     if table.empty:
         raise ValueError("empty diagnostics table")
@@ -130,6 +137,16 @@ def recommend_interval(
     if not candidates:  # scattered layers: fall back to the single best layer
         best = max(inner, key=lambda layer: by_layer[layer])
         return best, best
+    avoid = set(avoid)
+    clean = [c for c in candidates if not avoid & set(range(c[2], c[3] + 1))]
+    if avoid and not clean:
+        logger.warning(
+            "every %d-layer window holds a layer flagged by the wording check (%s); the interval "
+            "is chosen as if none were flagged: read the layer-selection plot",
+            width,
+            ", ".join(map(str, sorted(avoid))),
+        )
+    candidates = clean or candidates
     top = max(c[0] for c in candidates)
     near = [c for c in candidates if c[0] >= top - 0.005]
     _, _, first, last = max(near, key=lambda c: (c[1], c[0]))

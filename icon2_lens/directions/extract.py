@@ -24,24 +24,31 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jaxtyping import Float
-from torch import Tensor
-
 from icon2_lens._config import documented, option
 from icon2_lens._files import settings_differences
 from icon2_lens._types import SITES, LensModel
 from icon2_lens.instructions.builtin import load_instructions
-from icon2_lens.model.chat import render_chat, require_chat_template
-from icon2_lens.model.collect import collect_resid
 from icon2_lens.model.hooks import check_site, normalize_layers
 from icon2_lens.model.load import model_fingerprint, package_versions
 
+from .confounds import CONFOUNDS, check_confounds, fit_confounds
+from .contrast import contrast_activations
 from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria
 from .diagnostics import layer_table, recommend_interval
-from .fit import METHODS, fit_directions
+from .fit import METHODS, direction_stats, fit_directions
 from .folder import is_finished, read_criterion, write_criterion, write_outputs
+from .orthogonal import orthogonalize
 from .results import ContrastActivations, CriterionResult, ExtractionResult
 from .set import DirectionSet, load_direction_set
+from .wording import (
+    WORDING_THRESHOLD,
+    Wording,
+    builtin_wordings,
+    load_wordings_file,
+    wording_accuracy,
+    wording_activations,
+    wording_summary,
+)
 
 __all__ = [
     "ExtractConfig",
@@ -51,6 +58,7 @@ __all__ = [
     "contrast_activations",
     "extract_criterion",
     "run_extraction",
+    "criterion_wordings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,6 +105,24 @@ class ExtractConfig:
         help="how residuals are read: fast (the SDPA twin, each system prompt computed once) or bridge (its hook "
         "points); equal up to float rounding",
     )
+    orthogonalize: tuple[str, ...] = option(
+        (),
+        help="confound directions to project out of every direction, comma-separated "
+        f"({', '.join(CONFOUNDS)}); recorded in cfg.json",
+    )
+    wording_check: bool = option(
+        True,
+        help="score each direction on other wordings of its prompts (shipped for the built-in "
+        "criteria, more with wordings_file) and keep the recommended interval off layers that fail",
+    )
+    wording_threshold: float = option(
+        WORDING_THRESHOLD,
+        help="paired accuracy under another wording below which a layer is flagged",
+    )
+    n_wording: int = option(48, help="held-out instructions read under each wording")
+    wordings_file: str | None = option(
+        None, help="TOML/JSON file of more wordings ([[wordings.<criterion>]] positive, negative)"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))
@@ -111,6 +137,11 @@ class ExtractConfig:
             raise ValueError("n_instructions and n_heldout must be at least 1")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "orthogonalize", check_confounds(list(self.orthogonalize)))
+        if not 0.0 < self.wording_threshold <= 1.0:
+            raise ValueError(f"wording_threshold must be in (0, 1], got {self.wording_threshold}")
+        if self.n_wording < 1:
+            raise ValueError("n_wording must be at least 1")
 
     @property
     def centering(self) -> str:
@@ -119,43 +150,6 @@ class ExtractConfig:
 
 def _digest(items: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(items), ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def contrast_activations(
-    model: LensModel,
-    criterion: Criterion,
-    instructions: Sequence[str],
-    *,
-    layers: Sequence[int] | None = None,
-    site: str = "resid_post",
-    batch_size: int = 16,
-    progress: bool = True,
-    backend: str = "fast",
-) -> tuple[Float[Tensor, "n layer d_model"], Float[Tensor, "n layer d_model"]]:
-    """Activations of every instruction under the criterion's positive and negative prompt.
-
-    Each prompt is read in its own pass over the instructions, so that (with the ``fast``
-    backend) the system prompt shared by all of them is computed once.
-    """
-    if len(instructions) == 0:
-        raise ValueError("the instruction list is empty: pass at least one instruction")
-    require_chat_template(model.tokenizer)
-    out = []
-    for system in (criterion.positive, criterion.negative):
-        texts = [render_chat(model.tokenizer, d, system=system) for d in instructions]
-        out.append(
-            collect_resid(
-                model,
-                texts,
-                layers=layers,
-                site=site,
-                batch_size=batch_size,
-                progress=progress,
-                desc=f"{criterion.name}: caching",
-                backend=backend,
-            )
-        )
-    return out[0], out[1]
 
 
 def _select_instructions(
@@ -182,6 +176,12 @@ def _select_instructions(
         return [items[i] for i in keep]
 
     return sample(train, config.n_instructions, 0), sample(heldout, config.n_heldout, 1)
+
+
+def criterion_wordings(name: str, config: ExtractConfig) -> tuple[Wording, ...]:
+    """The wordings the check uses for one criterion: the shipped ones, then the file's."""
+    extra = load_wordings_file(config.wordings_file).get(name, ()) if config.wordings_file else ()
+    return tuple(builtin_wordings(name)) + tuple(extra)
 
 
 def extract_criterion(
@@ -237,9 +237,42 @@ def extract_criterion(
         stats=tuple(stats),
         meta=meta,
     )
+    if config.orthogonalize:
+        confounds = fit_confounds(
+            model,
+            config.orthogonalize,
+            layers=layers,
+            site=config.site,
+            batch_size=config.batch_size,
+        )
+        ds = orthogonalize(ds, confounds)
+        ds = replace(
+            ds,
+            stats=tuple(direction_stats(pos, neg, ds.vectors, config.method, center=config.center)),
+        )
     table = layer_table(ds, pos, neg, pos_h, neg_h)
-    interval = recommend_interval(table, model.cfg.n_layers)
-    return CriterionResult(ds, table, interval, ContrastActivations(pos, neg, pos_h, neg_h))
+    wording, avoid = None, ()
+    wordings = criterion_wordings(criterion.name, config)
+    if config.wording_check and wordings:
+        contrasts = wording_activations(
+            model,
+            criterion.name,
+            wordings,
+            held_i[: config.n_wording],
+            layers=layers,
+            site=config.site,
+            batch_size=config.batch_size,
+            backend=config.backend,
+            progress=progress,
+        )
+        wording = wording_accuracy(ds, contrasts)
+        flags = wording_summary(wording, config.wording_threshold)
+        table = table.merge(flags, on="layer", how="left")
+        avoid = [int(x) for x in flags.loc[flags["wording_flag"], "layer"]]
+    interval = recommend_interval(table, model.cfg.n_layers, avoid=avoid)
+    return CriterionResult(
+        ds, table, interval, ContrastActivations(pos, neg, pos_h, neg_h), wording=wording
+    )
 
 
 _SETTINGS_KEYS = (
@@ -248,6 +281,7 @@ _SETTINGS_KEYS = (
     "instructions_sha256",
     "heldout_sha256",
     "criterion_prompts",
+    "wordings",
 )
 
 
@@ -265,6 +299,9 @@ def _settings(
         "instructions_sha256": _digest(train_i),
         "heldout_sha256": _digest(held_i),
         "criterion_prompts": criterion.to_dict(),
+        "wordings": [asdict(w) for w in criterion_wordings(criterion.name, config)]
+        if config.wording_check
+        else [],
     }
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "fit_direction",
     "orient",
     "fit_directions",
+    "direction_stats",
     "SIGN_CONVENTION",
 ]
 
@@ -142,13 +143,43 @@ def fit_directions(
             f"expected non-empty [n, layer, d_model] activations, got {tuple(pos.shape)}"
         )
     diffs = pos - neg
-    rows, stats = [], []
+    rows, explained = [], []
     for j in range(pos.shape[1]):
-        u, explained = fit_direction(diffs[:, j], method, center=center)
+        u, ev = fit_direction(diffs[:, j], method, center=center)
+        rows.append(u)
+        explained.append(ev)
+    vectors = torch.stack(rows)
+    stats = direction_stats(pos, neg, vectors, method, center=center)
+    for s, ev in zip(stats, explained):  # the fit's own float64 value, before the float32 cast
+        s["explained_variance"] = ev
+    return vectors, stats
+
+
+def direction_stats(
+    pos: LayerActs,
+    neg: LayerActs,
+    vectors: Float[Tensor, "layer d_model"],
+    method: str = "pca",
+    *,
+    center: bool = True,
+) -> list[dict[str, float]]:
+    """Per-layer statistics of given unit ``vectors`` on paired activations (see :func:`fit_directions`).
+
+    ``explained_variance`` is measured the way ``method`` measures it: about the mean contrast for
+    a centred PCA, about zero otherwise.
+    """
+    diffs = pos - neg
+    stats = []
+    for j in range(pos.shape[1]):
+        u = vectors[j].to(torch.float32)
         proj = diffs[:, j] @ u
+        x = diffs[:, j].to(torch.float64)
+        if method == "pca" and center:
+            x = x - x.mean(dim=0, keepdim=True)
+        total = float((x**2).sum())
+        explained = float(((x @ u.to(torch.float64)) ** 2).sum() / total) if total > 0 else 0.0
         mean_diff = diffs[:, j].mean(dim=0)
         norms = torch.cat([pos[:, j], neg[:, j]]).norm(dim=-1)
-        rows.append(u)
         stats.append(
             {
                 "scale": float(proj.mean()),
@@ -158,4 +189,4 @@ def fit_directions(
                 "mean_resid_norm": float(norms.mean()),
             }
         )
-    return torch.stack(rows), stats
+    return stats

@@ -49,7 +49,10 @@ def is_finished(folder: Path) -> bool:
 def read_criterion(ds: DirectionSet, folder: Path) -> CriterionResult:
     """A finished criterion read back (without its activations)."""
     diag = read_json(Path(folder) / DIAGNOSTICS_FILE)
-    return CriterionResult(ds, pd.DataFrame(diag["layers"]), tuple(diag["interval"]))
+    wording = pd.DataFrame(diag["wording"]) if diag.get("wording") else None
+    return CriterionResult(
+        ds, pd.DataFrame(diag["layers"]), tuple(diag["interval"]), wording=wording
+    )
 
 
 def write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: bool) -> None:
@@ -82,6 +85,11 @@ def write_criterion(res: CriterionResult, done: Path, *, figures: bool, png: boo
                 "layers": list(res.directions.layers),
                 "matrix": cos.values.round(6).tolist(),
             },
+            **(
+                {"wording": res.wording.to_dict(orient="records")}
+                if res.wording is not None
+                else {}
+            ),
         },
         done / DIAGNOSTICS_FILE,
     )

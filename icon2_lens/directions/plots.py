@@ -47,6 +47,10 @@ def plot_layer_selection(
 ) -> "go.Figure":
     """Held-out accuracies, separation and explained variance against layer, interval shaded.
 
+    When the wording check ran, its lowest paired accuracy over the other wordings is drawn too,
+    and the layers it flags (below the threshold: the direction reads the wording there) are
+    marked with a red cross.
+
     Args:
         table: One criterion's rows of :func:`icon2_lens.directions.diagnostics.layer_table`.
         interval: Recommended ``(first, last)`` layers, shaded.
@@ -75,6 +79,30 @@ def plot_layer_selection(
             ),
             secondary_y=False,
         )
+    if "wording_min_acc" in table:
+        fig.add_trace(
+            go.Scatter(
+                x=table["layer"],
+                y=table["wording_min_acc"],
+                name="lowest paired accuracy, other wordings",
+                mode="lines+markers",
+                line={"dash": "dashdot", "color": "#7f7f7f"},
+                hovertext=table.get("wording_worst"),
+            ),
+            secondary_y=False,
+        )
+        flagged = table[table["wording_flag"].astype(bool)]
+        if len(flagged):
+            fig.add_trace(
+                go.Scatter(
+                    x=flagged["layer"],
+                    y=flagged["wording_min_acc"],
+                    name="reads the wording (flagged)",
+                    mode="markers",
+                    marker={"symbol": "x", "size": 11, "color": "#d62728"},
+                ),
+                secondary_y=False,
+            )
     fig.add_trace(
         go.Scatter(
             x=table["layer"],

@@ -33,6 +33,7 @@ class CriterionResult:
     table: pd.DataFrame
     interval: tuple[int, int]
     activations: ContrastActivations | None = None  # None when loaded back from disk
+    wording: pd.DataFrame | None = None  # per wording and layer, when the wording check ran
 
     def summary(self) -> dict[str, Any]:
         t = self.table
@@ -47,6 +48,16 @@ class CriterionResult:
             "interval_paired_acc": float(inside["heldout_paired_acc"].mean()),
             "interval_min_paired_acc": float(inside["heldout_paired_acc"].min()),
             "interval_single_acc": float(inside["heldout_single_acc"].mean()),
+            **self._wording_summary(inside),
+        }
+
+    def _wording_summary(self, inside: pd.DataFrame) -> dict[str, Any]:
+        if "wording_flag" not in self.table:
+            return {}
+        flagged = self.table.loc[self.table["wording_flag"].astype(bool), "layer"]
+        return {
+            "wording_flagged_layers": [int(x) for x in flagged],
+            "interval_wording_min_acc": float(inside["wording_min_acc"].min()),
         }
 
 

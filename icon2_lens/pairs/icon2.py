@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 
 from icon2_lens._config import documented, option
 from icon2_lens._types import LensModel
+from icon2_lens.directions.confounds import CONFOUNDS, check_confounds, fit_confounds
+from icon2_lens.directions.orthogonal import orthogonalize
 from icon2_lens.directions.set import DirectionSet, check_compatible, direction_set_id
 from icon2_lens.directions.steer import SteeringSpec
 from icon2_lens.model.chat import encode_prompts, render_chat
@@ -53,6 +55,7 @@ __all__ = [
     "DEFAULT_GAMMA_POS",
     "DEFAULT_GAMMA_NEG",
     "DEFAULT_LAYERS",
+    "orthogonalize_sets",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,11 @@ class PairConfig:
         "auto",
         help="generation backend (auto: the SDPA twin when possible); does not change the pairs",
     )
+    orthogonalize: tuple[str, ...] = option(
+        (),
+        help="confound directions to project out of the directions before steering, "
+        f"comma-separated ({', '.join(CONFOUNDS)})",
+    )
 
     def __post_init__(self) -> None:
         for name in ("gamma_pos", "gamma_neg"):
@@ -116,6 +124,7 @@ class PairConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "orthogonalize", check_confounds(list(self.orthogonalize)))
         self.decoding  # noqa: B018 - validates the decoding fields
 
     @property
@@ -139,6 +148,8 @@ class PairConfig:
             "positions": self.positions,
             "decoding": self.decoding.to_dict(),
             "max_repetition": self.max_repetition,
+            # recorded only when used, so pairs made before the option keep their settings
+            **({"orthogonalize": list(self.orthogonalize)} if self.orthogonalize else {}),
         }
 
 
@@ -164,6 +175,22 @@ def _resolve_layers(
                 f"(layers {ds.layers[0]}..{ds.layers[-1]}); choose an interval inside the model"
             )
         out[name] = layers
+    return out
+
+
+def orthogonalize_sets(
+    model: LensModel, sets: Mapping[str, DirectionSet], confounds: Sequence[str]
+) -> dict[str, DirectionSet]:
+    """Every set with the named confound directions (fitted on ``model``) projected out."""
+    out = {}
+    for name, ds in sets.items():
+        if "orthogonalized" in ds.meta:
+            raise ValueError(
+                f"the {name!r} directions are already orthogonalised against "
+                f"{ds.meta['orthogonalized']['confounds']}; drop the pairs option or extract without it"
+            )
+        fitted = fit_confounds(model, confounds, layers=list(ds.layers), site=ds.site)
+        out[name] = orthogonalize(ds, fitted)
     return out
 
 
@@ -231,6 +258,8 @@ def generate_pairs(
         raise ValueError(f"no direction set for criteria {missing}; extract them first")
     for ds in sets.values():
         check_compatible(ds, model, check_fingerprint=False)
+    if config.orthogonalize:
+        sets = orthogonalize_sets(model, sets, config.orthogonalize)
     layers = _resolve_layers(config, sets, intervals)
     settings = _settings_doc(model, config, sets, layers, source)
     # files from before the source field are Icon² pairs

@@ -9,5 +9,6 @@
 
 Reads: a configuration. Writes: a run folder (``config.json``, ``timings.json`` or ``costs.json``,
 one folder per stage, the report).
-May import: model, directions, instructions, consistency, judge, pairs, alignez, dpo, evaluate.
+May import: model, directions, instructions, consistency, judge, pairs, alignez, dpo, evaluate,
+audit.
 """

@@ -57,6 +57,7 @@ from icon2_lens._config import (
 )
 from icon2_lens._files import read_json, settings_differences, write_json
 from icon2_lens.alignez.config import AlignEZConfig
+from icon2_lens.audit.config import AuditConfig
 from icon2_lens.consistency.filter import FilterConfig
 from icon2_lens.directions.extract import ExtractConfig
 from icon2_lens.dpo.settings import DPOSettings
@@ -234,7 +235,7 @@ _SEED_DEFAULT = next(f.default for f in dataclasses.fields(_Tree) if f.name == "
 @documented
 @dataclass(frozen=True, kw_only=True)
 class RunConfig(_Tree):
-    """``icon2-lens run``: extract → synthesize → filter → pairs → dpo → evaluate, with a report."""
+    """``icon2-lens run``: extract → synthesize → filter → pairs → dpo → evaluate → audit, with a report."""
 
     extract: ExtractConfig = section(ExtractConfig, help="direction extraction")
     synthesize: SynthesisConfig = section(
@@ -245,6 +246,10 @@ class RunConfig(_Tree):
     dpo: DPOSettings = section(DPOSettings, help="DPO training with TRL")
     evaluate: HeldoutEvalConfig = section(
         HeldoutEvalConfig, help="held-out evaluation of base vs trained"
+    )
+    audit: AuditConfig = section(
+        AuditConfig,
+        help="audit of the directions, the pairs (shortcuts, right after the pairs stage) and the trained model",
     )
 
 

@@ -1,4 +1,4 @@
-"""The Icon² pipeline end to end: extract → synthesize → filter → pairs → dpo → evaluate → report.
+"""The Icon² pipeline end to end: extract → synthesize → filter → pairs → dpo → evaluate → audit → report.
 
 Each stage writes into its own folder under the run directory and marks itself finished by
 writing its summary JSON last (:mod:`icon2_lens.runs.stages`); re-running skips finished stages
@@ -20,19 +20,30 @@ from icon2_lens.model.load import load_model, model_source
 from .config import RunConfig, check_run_dir
 from .report import write_report
 from .stages import (
+    stage_audit,
     stage_dpo,
     stage_evaluate,
     stage_extract,
     stage_filter,
     stage_pairs,
+    stage_shortcuts,
     stage_synthesize,
+    wording_overlap,
 )
 
 __all__ = ["run_pipeline", "STAGES"]
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("extract", "synthesize", "filter", "pairs", "dpo", "evaluate")
+STAGES: tuple[str, ...] = (
+    "extract",
+    "synthesize",
+    "filter",
+    "pairs",
+    "dpo",
+    "evaluate",
+    "audit",
+)
 
 
 def run_pipeline(
@@ -75,6 +86,20 @@ def run_pipeline(
             "extract", stage_extract, model, cfg.extract, out / "extract", progress=progress
         )
         summary["intervals"] = {k: f"{v[0]}-{v[-1]}" for k, v in intervals.items()}
+        steered = {
+            k: list(cfg.pairs.layers) if cfg.pairs.layers is not None else list(v)
+            for k, v in intervals.items()
+        }
+        overlap = wording_overlap(out / "extract", steered)
+        for name, hit in overlap.items():
+            log.warning(
+                "%s: the pairs steer layers %s where the wording check flags the direction (it "
+                "follows the words of its prompts there); set pairs.layers = 'criterion' to steer "
+                "the recommended interval, which avoids them when it can",
+                name,
+                ", ".join(map(str, hit)),
+            )
+        summary["wording_flagged_steered"] = overlap
         if upto >= 1:
             instructions = timed(
                 "synthesize",
@@ -109,6 +134,7 @@ def run_pipeline(
                 out / "pairs",
                 progress=progress,
             )
+            summary["shortcuts"] = stage_shortcuts(pairs, cfg.audit, out / "pairs").get("shortcuts")
     if upto >= 4:
         timed("dpo", stage_dpo, cfg.dpo, model_source(model), pairs, out / "dpo", png=png)
     if upto >= 5:
@@ -126,6 +152,22 @@ def run_pipeline(
                 out / "evaluate",
                 progress=progress,
             )
+    if upto >= 6:
+        with torch.no_grad():
+            audit = timed(
+                "audit",
+                stage_audit,
+                model,
+                str(out / "dpo" / "model"),
+                cfg.audit,
+                sets,
+                intervals,
+                out / "pairs" / "pairs.jsonl",
+                out / "audit",
+                progress=progress,
+                png=png,
+            )
+        summary["audit_warnings"] = audit["warnings"]
     summary["timings"] = timings
     write_report(out, png=png)
     return summary

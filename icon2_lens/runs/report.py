@@ -5,15 +5,13 @@ twice, to Markdown and to a self-contained HTML page, so both always say the sam
 that have not run yet are listed as pending, so a report of a partial run is still valid.
 """
 
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from icon2_lens._files import read_jsonl, read_marker, write_text
-from icon2_lens.consistency.filter import markdown_table
+from icon2_lens._files import read_jsonl, read_marker
 from icon2_lens.dpo.curves import (
     SaturationRule,
     plot_reward_accuracy,
@@ -22,6 +20,7 @@ from icon2_lens.dpo.curves import (
 )
 from icon2_lens.figures import write_figures_or_warn
 from icon2_lens.instructions.clean import STEPS
+from icon2_lens.pages import Block, render_html, render_markdown, write_pages
 
 from .tables import cost_table, results_table
 
@@ -32,8 +31,6 @@ __all__ = [
     "render_markdown",
     "render_html",
 ]
-
-Block = tuple[str, Any]
 
 
 def _load(path: Path) -> Any:
@@ -95,6 +92,7 @@ def build_report(out: str | Path) -> list[Block]:
             b.append(("table", pd.DataFrame(rows)))
         for name in cfg.get("extract", {}).get("criteria", []):
             b += _figure(out, "extract/figures", f"{name}_layer_selection")
+        b += _wording_blocks(out, cfg)
     else:
         b.append(("p", "pending"))
 
@@ -163,6 +161,7 @@ def build_report(out: str | Path) -> list[Block]:
                 f"Judge: {pa['margins'].get('judge', '')}. Settings: `{json.dumps(pa['config'])}`",
             )
         )
+        b += _shortcut_blocks(out)
         recs = read_jsonl(out / "pairs" / "pairs.jsonl")[:2]
         for r in recs:
             b.append(
@@ -230,69 +229,91 @@ def build_report(out: str | Path) -> list[Block]:
         b.append(("p", f"Judge: {ev.get('judge', '')}."))
     else:
         b.append(("p", "pending"))
+
+    b.append(("h2", "7. Audit"))
+    audit = _load(out / "audit" / "audit.json")
+    if audit:
+        b.append(("link", ("the audit's report: audit/report.md", "audit/report.md")))
+        b.append(
+            (
+                "md",
+                "\n".join(f"- {w}" for w in audit.get("warnings", []))
+                or "The audit raised no warning.",
+            )
+        )
+    else:
+        b.append(("p", "pending"))
     return b
 
 
-def render_markdown(blocks: list[Block]) -> str:
-    """Blocks (``("h1", text)``, ``("p", text)``, ``("table", DataFrame)``, ``("img", path)``,
-    ``("link", (label, path))``, ``("pre", text)``, ``("md", text)``) as Markdown."""
-    parts = []
-    for kind, x in blocks:
-        if kind in ("h1", "h2"):
-            parts.append(("#" if kind == "h1" else "##") + " " + x)
-        elif kind == "p":
-            parts.append(x)
-        elif kind == "table":
-            parts.append(markdown_table(x))
-        elif kind == "img":
-            parts.append(f"![{x}]({x})")
-        elif kind == "link":
-            parts.append(f"[{x[0]}]({x[1]})")
-        elif kind == "pre":
-            parts.append("```\n" + x + "\n```")
-        elif kind == "md":
-            parts.append(x)
-    return "\n\n".join(parts) + "\n"
+def _wording_blocks(out: Path, cfg: dict) -> list[Block]:
+    """Layers each criterion's wording check flags, and which of them the pairs steer."""
+    settings = _load(out / "pairs" / "settings.json") or {}
+    rows = []
+    for name in cfg.get("extract", {}).get("criteria", []):
+        diag = _load(out / "extract" / name / "diagnostics.json") or {}
+        flagged = diag.get("summary", {}).get("wording_flagged_layers")
+        if flagged is None:
+            continue
+        steered = settings.get("layers", {}).get(name, [])
+        rows.append(
+            {
+                "criterion": name,
+                "layers flagged by the wording check": ", ".join(map(str, flagged)) or "none",
+                "flagged and steered by the pairs": ", ".join(
+                    str(x) for x in flagged if x in steered
+                )
+                or ("none" if steered else "(pairs pending)"),
+            }
+        )
+    if not rows:
+        return []
+    return [
+        (
+            "p",
+            "Concept or wording? A flagged layer is one where the direction orders other wordings of "
+            "its prompts below the threshold: it follows the words there, not the criterion.",
+        ),
+        ("table", pd.DataFrame(rows)),
+    ]
 
 
-def render_html(blocks: list[Block], title: str) -> str:
-    """The same blocks as a self-contained HTML page."""
-    body = []
-    for kind, x in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{html.escape(x)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{html.escape(x)}</p>")
-        elif kind == "table":
-            body.append(x.to_html(index=False, escape=True, border=0, classes="t"))
-        elif kind == "img":
-            body.append(f'<img src="{html.escape(x)}" alt="{html.escape(x)}">')
-        elif kind == "link":
-            body.append(f'<p><a href="{html.escape(x[1])}">{html.escape(x[0])}</a></p>')
-        elif kind in ("pre", "md"):
-            body.append(f"<pre>{html.escape(x)}</pre>")
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-        "table.t{border-collapse:collapse}table.t td,table.t th{border:1px solid #ccc;padding:3px 8px}"
-        "img{max-width:100%}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"
+def _shortcut_blocks(out: Path) -> list[Block]:
+    sc = _load(out / "pairs" / "shortcuts.json")
+    if not sc:
+        return []
+    if "skipped" in sc:
+        return [("p", f"Shortcut check skipped: {sc['skipped']}.")]
+    top = pd.DataFrame(
+        [
+            {k: _fmt(f[k]) for k in ("feature", "auc", "strength", "higher_in")}
+            for f in sc["features"][:6]
+        ]
     )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+    blocks: list[Block] = [
+        (
+            "p",
+            f"Shortcut check: a bag-of-words classifier tells chosen from rejected with AUC "
+            f"{sc['bag_of_words']['auc']:.3f} (cross-validated); apology opener in rejected "
+            f"{sc['apology_opener_rate']['rejected']:.2f} vs chosen {sc['apology_opener_rate']['chosen']:.2f}.",
+        ),
+        ("table", top),
+    ]
+    for cue in sc.get("shortcuts", []):
+        blocks.append(
+            (
+                "p",
+                f"**Warning:** '{cue['feature']}' reaches AUC {cue['strength']:.2f} (higher in "
+                f"{cue['higher_in']}); DPO can learn it instead of the criterion.",
+            )
+        )
+    return blocks
 
 
 def write_report(out: str | Path, *, png: bool = True) -> tuple[Path, Path]:  # noqa: ARG001 - the run's figures exist
     """Write a run's ``report.md`` and ``report.html`` into ``out`` (figures are linked by relative path)."""
     out = Path(out)
-    return _write(out, build_report(out), f"icon2-lens run {out.name}")
-
-
-def _write(root: Path, blocks: list[Block], title: str) -> tuple[Path, Path]:
-    md, page = root / "report.md", root / "report.html"
-    write_text(md, render_markdown(blocks))
-    write_text(page, render_html(blocks, title))
-    return md, page
+    return write_pages(out, build_report(out), f"icon2-lens run {out.name}")
 
 
 def write_experiment_report(root: str | Path, *, png: bool = True) -> tuple[Path, Path]:
@@ -387,4 +408,4 @@ def write_experiment_report(root: str | Path, *, png: bool = True) -> tuple[Path
     if pair_rows:
         blocks.append(("h2", "Pairs per source"))
         blocks.append(("table", pd.DataFrame(pair_rows)))
-    return _write(root, blocks, f"icon2-lens experiment {root.name}")
+    return write_pages(root, blocks, f"icon2-lens experiment {root.name}")

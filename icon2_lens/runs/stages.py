@@ -15,6 +15,9 @@ import torch
 
 from icon2_lens._files import read_jsonl, read_marker, write_json, write_jsonl
 from icon2_lens._types import LensModel
+from icon2_lens.audit.config import AuditConfig
+from icon2_lens.audit.run import ShortcutError, run_audit
+from icon2_lens.audit.shortcuts import shortcut_report
 from icon2_lens.consistency.filter import FilterConfig, KeptInstruction, run_filter
 from icon2_lens.consistency.scores import score_consistency
 from icon2_lens.directions.extract import ExtractConfig, run_extraction
@@ -47,6 +50,9 @@ __all__ = [
     "stage_pairs",
     "stage_dpo",
     "stage_evaluate",
+    "stage_shortcuts",
+    "stage_audit",
+    "wording_overlap",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,89 @@ def stage_pairs(
     }
     write_json(summary, marker)
     return res.records, summary
+
+
+def stage_shortcuts(records: Sequence[dict], config: AuditConfig, out: Path) -> dict[str, Any]:
+    """The shortcut check of the pairs (``<pairs>/shortcuts.json``), run before DPO trains on them.
+
+    A cue at or above ``config.shortcut_threshold`` is logged as a warning, or raises a
+    :class:`~icon2_lens.audit.run.ShortcutError` with ``config.shortcut_error`` (after the
+    report is written, so the evidence is on disk). Too few pairs to check is recorded, not fatal.
+    """
+    path = out / "shortcuts.json"
+    report = read_marker(path)
+    if report is None:
+        try:
+            report = shortcut_report(
+                records, folds=config.folds, seed=config.seed, threshold=config.shortcut_threshold
+            )
+        except ValueError as e:
+            report = {"skipped": str(e), "shortcuts": []}
+            log.warning("shortcut check skipped: %s", e)
+        write_json(report, path)
+    cues = report.get("shortcuts", [])
+    for cue in cues:
+        log.warning(
+            "pairs: %r tells chosen from rejected with AUC %.2f (higher in %s); DPO can learn it "
+            "instead of the criterion",
+            cue["feature"],
+            cue["strength"],
+            cue["higher_in"],
+        )
+    if cues and config.shortcut_error:
+        raise ShortcutError(
+            f"the pairs in {out} carry surface shortcuts ("
+            + ", ".join(f"{c['feature']} {c['strength']:.2f}" for c in cues)
+            + '); orthogonalise the directions (pairs.orthogonalize = ["apology", "length"]) or '
+            "turn audit.shortcut_error off"
+        )
+    return report
+
+
+def wording_overlap(extract_dir: Path, layers: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """Per criterion, the steered layers the extraction's wording check flagged."""
+    out = {}
+    for name, steered in layers.items():
+        diag = read_marker(extract_dir / name / "diagnostics.json") or {}
+        flagged = set(diag.get("summary", {}).get("wording_flagged_layers", []))
+        hit = sorted(flagged & set(steered))
+        if hit:
+            out[name] = hit
+    return out
+
+
+def stage_audit(
+    model: LensModel,
+    trained_dir: str | None,
+    config: AuditConfig,
+    sets: Mapping[str, DirectionSet],
+    intervals,
+    pairs_path: Path | None,
+    out: Path,
+    *,
+    progress: bool = True,
+    png: bool = True,
+) -> dict[str, Any]:
+    """The full audit into ``out`` (``audit.json`` marks it finished)."""
+    if (done := read_marker(out / "audit.json")) is not None:
+        return done
+    trained = load_model(trained_dir) if trained_dir else None
+    checked = read_marker(pairs_path.parent / "shortcuts.json") if pairs_path is not None else None
+    usable = pairs_path is not None and pairs_path.is_file() and "skipped" not in (checked or {})
+    try:
+        return run_audit(
+            model,
+            sets,
+            config=config,
+            pairs=pairs_path if usable else None,
+            trained=trained,
+            intervals=intervals,
+            out=out,
+            png=png,
+            progress=progress,
+        )
+    finally:
+        del trained
 
 
 def stage_dpo(

@@ -185,3 +185,66 @@ def test_png_failure_keeps_the_run(tmp_path, tiny, monkeypatch, caplog):
     assert (out / "figures" / "kind_layer_selection.html").is_file()
     assert not list((out / "figures").glob("*.png"))
     assert "HTML figures only" in caplog.text
+
+
+def test_wording_check_flags_layers_and_the_interval_avoids_them(tiny, tmp_path):
+    from icon2_lens.directions.diagnostics import recommend_interval
+    from icon2_lens.directions.folder import read_criterion
+
+    honesty = get_criteria(["honesty"])[0]
+    res = extract_criterion(tiny, honesty, config=_cfg(), train=TRAIN, heldout=HELD, progress=False)
+    assert {"wording_min_acc", "wording_flag", "wording_worst"} <= set(res.table.columns)
+    assert set(res.wording["wording"]) == {"truthful", "calibrated", "lying", "sincere"}
+    flagged = [int(x) for x in res.table.loc[res.table["wording_flag"], "layer"]]
+    assert res.summary()["wording_flagged_layers"] == flagged
+    if len(flagged) < 3:  # some window is clean: the interval keeps off the flagged layers
+        lo, hi = res.interval
+        assert not set(flagged) & set(range(lo, hi + 1))
+    # no window is clean (the tiny model has one inner layer): the rule falls back, and says so
+    assert recommend_interval(res.table, 3, avoid=[1]) == (1, 1)
+    # written and read back with the criterion
+    run_extraction(
+        tiny,
+        [honesty],
+        config=_cfg(),
+        out=tmp_path,
+        train=TRAIN,
+        heldout=HELD,
+        progress=False,
+        figures=False,
+    )
+    back = read_criterion(res.directions, tmp_path / "honesty")
+    assert back.wording is not None and len(back.wording) == len(res.wording)
+    off = extract_criterion(
+        tiny, honesty, config=_cfg(wording_check=False), train=TRAIN, heldout=HELD, progress=False
+    )
+    assert off.wording is None and "wording_flag" not in off.table
+    assert torch.equal(
+        off.directions.vectors, res.directions.vectors
+    )  # the check changes no direction
+
+
+def test_orthogonalize_option_projects_confounds_out_and_records_it(tiny, tmp_path):
+    from icon2_lens.directions.confounds import fit_confounds
+    from icon2_lens.directions.set import load_direction_set
+
+    cfg = _cfg(orthogonalize=("length", "refusal"), wording_check=False)
+    run_extraction(
+        tiny,
+        [CRIT],
+        config=cfg,
+        out=tmp_path,
+        train=TRAIN,
+        heldout=HELD,
+        progress=False,
+        figures=False,
+    )
+    ds = load_direction_set(tmp_path / "kind")
+    cfg_json = json.loads((tmp_path / "kind" / "cfg.json").read_text())
+    assert cfg_json["orthogonalized"]["confounds"] == ["length", "refusal"]
+    assert cfg_json["extract_config"]["orthogonalize"] == ["length", "refusal"]
+    for c in fit_confounds(tiny, ["length", "refusal"], layers=list(ds.layers)).values():
+        cos = torch.nn.functional.cosine_similarity(ds.vectors, c.vectors, dim=-1)
+        assert cos.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="unknown confound"):
+        _cfg(orthogonalize=("tone",))

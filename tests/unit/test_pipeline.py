@@ -27,6 +27,14 @@ def _cfg(model_dir, **over):
         },
         dpo={"per_device_train_batch_size": 2, "max_length": 64, "learning_rate": 1e-3},
         evaluate={"n_heldout": 4, "max_new_tokens": 6},
+        # the stereotype section reads the pinned data wheel; its own tests cover it offline
+        audit={
+            "sections": ["lens", "wording", "confounds", "shortcuts", "shift"],
+            "n_wording": 4,
+            "n_prompts": 2,
+            "n_shift": 4,
+            "n_boot": 20,
+        },
         **over,
     )
 
@@ -73,7 +81,16 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     )  # figures addressed from the report's folder
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) == {"extract", "synthesize", "filter", "pairs", "dpo", "evaluate"}
+    assert set(timings) == {"extract", "synthesize", "filter", "pairs", "dpo", "evaluate", "audit"}
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert set(audit["sections"]) == {
+        "lens",
+        "wording",
+        "confounds",
+        "shift",
+    }  # too few pairs to check
+    assert "skipped" in json.loads((out / "pairs" / "shortcuts.json").read_text())
+    assert "(audit/report.md)" in report and "## 7. Audit" in report
 
 
 def test_config_errors(model_dir, tmp_path):
