@@ -332,6 +332,24 @@ def _coerce_type(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+def check_names(names: Sequence[str], known: Iterable[str], what: str) -> tuple[str, ...]:
+    """``names`` as a tuple if each is one of ``known`` and none repeats, else a ``ValueError``.
+
+    Example:
+        >>> check_names(["a"], ("a", "b"), "letter")
+        ('a',)
+    """
+    known = tuple(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown {what}(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names repeat: {list(names)}")
+    return tuple(names)
+
+
 def unknown_key(name: str, known: Iterable[str], where: str = "") -> ConfigError:
     """The error for an unknown setting ``name`` (with a did-you-mean hint)."""
     known = list(known)

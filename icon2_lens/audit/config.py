@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from icon2_lens._config import documented, option
+from icon2_lens._config import check_names, documented, option
 from icon2_lens.directions.confounds import CONFOUNDS, check_confounds
 from icon2_lens.directions.wording import WORDING_THRESHOLD
 from icon2_lens.pairs.icon2 import DEFAULT_GAMMA_NEG, DEFAULT_GAMMA_POS
@@ -91,12 +91,11 @@ class AuditConfig:
     batch_size: int = option(16, help="prompts per forward pass")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sections", tuple(self.sections))
-        unknown = [s for s in self.sections if s not in SECTIONS]
-        if unknown or not self.sections:
-            raise ValueError(
-                f"unknown audit section(s) {unknown or '(none given)'}; choose from {', '.join(SECTIONS)}"
-            )
+        if not self.sections:
+            raise ValueError(f"name at least one audit section ({', '.join(SECTIONS)})")
+        object.__setattr__(
+            self, "sections", check_names(list(self.sections), SECTIONS, "audit section")
+        )
         object.__setattr__(self, "domains", check_domains(list(self.domains)))
         object.__setattr__(self, "confounds", check_confounds(list(self.confounds)))
         if self.layers is not None:

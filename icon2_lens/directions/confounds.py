@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from icon2_lens._config import check_names
 from icon2_lens._types import LayerActs, LensModel
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.collect import collect_resid
@@ -79,14 +80,7 @@ def _data_text() -> str:
 
 def check_confounds(names: Sequence[str]) -> tuple[str, ...]:
     """The names as a tuple, or a ``ValueError`` naming the known confounds."""
-    unknown = [n for n in names if n not in CONFOUNDS]
-    if unknown:
-        raise ValueError(
-            f"unknown confound(s) {', '.join(map(repr, unknown))}; choose from {', '.join(CONFOUNDS)}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"confound names repeat: {list(names)}")
-    return tuple(names)
+    return check_names(list(names), CONFOUNDS, "confound")
 
 
 def confound_contrast(name: str) -> ConfoundContrast:

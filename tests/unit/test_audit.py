@@ -576,3 +576,24 @@ def test_a_direction_pooled_over_wordings_reaches_a_wording_the_own_prompts_miss
         pooled_generalisation(
             {"(own)": contrasts["(own)"], "a": contrasts["a"]}, own="(own)", layers=[0, 1]
         )
+
+
+def test_pairs_with_orthogonalised_directions_record_it(model, tmp_path):
+    from icon2_lens.consistency.filter import KeptInstruction
+    from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
+
+    ds = _set("honesty", torch.randn(3, 16, generator=torch.Generator().manual_seed(0)))
+    kept = [KeptInstruction(i, d, "honesty") for i, d in enumerate(INSTRUCTIONS[:2])]
+    base = PairConfig(layers=(1, 2), max_new_tokens=4, gamma_pos=1.0, gamma_neg=-1.0)
+    assert "orthogonalize" not in base.settings()  # older pair folders keep their settings
+    generate_pairs(model, kept, [ds], base, out=tmp_path / "a", progress=False)
+    clean = PairConfig(
+        layers=(1, 2), max_new_tokens=4, gamma_pos=1.0, gamma_neg=-1.0, orthogonalize=("length",)
+    )
+    generate_pairs(model, kept, [ds], clean, out=tmp_path / "b", progress=False)
+    a = json.loads((tmp_path / "a" / "settings.json").read_text())
+    b = json.loads((tmp_path / "b" / "settings.json").read_text())
+    assert b["pair_config"]["orthogonalize"] == ["length"]
+    assert a["direction_ids"]["honesty"] != b["direction_ids"]["honesty"]
+    with pytest.raises(ValueError, match="different settings"):
+        generate_pairs(model, kept, [ds], clean, out=tmp_path / "a", progress=False)
