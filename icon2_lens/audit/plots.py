@@ -125,7 +125,7 @@ def plot_stereotype_gaps(gaps: pd.DataFrame, *, steered: dict | None = None) -> 
             )
     fig.update_layout(
         template="plotly_white",
-        title="Projection gap stereotype − anti-stereotype (morality: moral − immoral), in SDs, 95 % bands; green: steered layers",
+        title="Projection gap stereotype − anti-stereotype (morality: moral − immoral)<br><sup>in SDs of the projections, 95 % bands; green: steered layers</sup>",
         height=height,
         width=900,
     )
@@ -165,7 +165,7 @@ def plot_stereotype_scores(scores: pd.DataFrame) -> "go.Figure":
     fig.update_layout(
         template="plotly_white",
         barmode="group",
-        title="Stereotype score (share of pairs whose first sentence is more likely; 0.5 = no preference), 95 % intervals",
+        title="Stereotype score: share of pairs whose first sentence is more likely<br><sup>0.5 = no preference; 95 % intervals</sup>",
         height=height,
         width=900,
     )
@@ -232,7 +232,7 @@ def plot_shortcut_aucs(report: dict, *, top: int = 12) -> "go.Figure":
     fig.add_vline(x=report["threshold"], line={"dash": "dash", "color": "black"})
     fig.update_layout(
         template="plotly_white",
-        title=f"Shortcut cues in {report['n_pairs']} pairs (blue: higher in chosen, red: in rejected; dashed: warning threshold)",
+        title=f"Shortcut cues in {report['n_pairs']} pairs<br><sup>blue: higher in chosen, red: in rejected; dashed: warning threshold</sup>",
         height=120 + 26 * len(names),
         width=900,
         margin={"l": 220},
@@ -267,7 +267,7 @@ def plot_wording(table: pd.DataFrame, *, threshold: float = 0.9) -> "go.Figure":
         fig.add_hline(y=0.5, line={"dash": "dot", "color": "black", "width": 1}, row=i, col=1)
     fig.update_layout(
         template="plotly_white",
-        title=f"Concept or wording? Paired accuracy on held-out instructions under other wordings (dashed: {threshold})",
+        title=f"Concept or wording? Paired accuracy under other wordings of the prompts<br><sup>held-out instructions; dashed: {threshold}</sup>",
         height=height,
         width=900,
     )
@@ -294,7 +294,7 @@ def plot_dpo_shift(table: pd.DataFrame) -> "go.Figure":
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     fig.update_layout(
         template="plotly_white",
-        title="What did DPO move? Cosine of the mean residual change (trained − base) with each direction",
+        title="What did DPO move?<br><sup>cosine of the mean residual change (trained − base) with each direction</sup>",
         height=420,
         width=820,
     )
