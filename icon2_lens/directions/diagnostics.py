@@ -16,7 +16,9 @@ Recommended interval (:func:`recommend_interval`): a window of ``round(n_layers 
 consecutive layers (Icon² steers about a third of the network), excluding the first and the last
 block, that maximises the mean ``heldout_single_acc``; among windows within 0.005 of the best, the
 one whose centre is closest to the middle of the network wins (Icon² finds middle layers steer
-best). The rule is a starting point: read the layer-selection plot.
+best). Windows holding a layer flagged by the wording check are left out; when every window
+holds one, only the windows with the fewest flagged layers compete (and a warning says so). The
+rule is a starting point: read the layer-selection plot.
 
 Example:
     >>> import torch
@@ -109,7 +111,8 @@ def recommend_interval(
         n_layers: Number of blocks of the model.
         width: Interval length; default ``max(1, round(n_layers / 3))``.
         score: Column to maximise.
-        avoid: Layers no window may hold (unless every window holds one).
+        avoid: Layers no window may hold; when every window holds one, the window is chosen
+            among those holding the fewest (with a warning).
 
     Example:
         >>> import pandas as pd
@@ -117,6 +120,8 @@ def recommend_interval(
         >>> recommend_interval(t, 9)
         (3, 5)
         >>> recommend_interval(t, 9, avoid={3})
+        (4, 6)
+        >>> recommend_interval(t, 9, avoid={2, 3, 5})  # no clean window: the fewest flagged
         (4, 6)
     """
     if table.empty:
@@ -138,15 +143,20 @@ def recommend_interval(
         best = max(inner, key=lambda layer: by_layer[layer])
         return best, best
     avoid = set(avoid)
-    clean = [c for c in candidates if not avoid & set(range(c[2], c[3] + 1))]
-    if avoid and not clean:
+
+    def n_flagged(c) -> int:
+        return len(avoid & set(range(c[2], c[3] + 1)))
+
+    fewest = min(n_flagged(c) for c in candidates)
+    if fewest:
         logger.warning(
             "every %d-layer window holds a layer flagged by the wording check (%s); the interval "
-            "is chosen as if none were flagged: read the layer-selection plot",
+            "is chosen among the windows with the fewest (%d): read the layer-selection plot",
             width,
             ", ".join(map(str, sorted(avoid))),
+            fewest,
         )
-    candidates = clean or candidates
+    candidates = [c for c in candidates if n_flagged(c) == fewest]
     top = max(c[0] for c in candidates)
     near = [c for c in candidates if c[0] >= top - 0.005]
     _, _, first, last = max(near, key=lambda c: (c[1], c[0]))
