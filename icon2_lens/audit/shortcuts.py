@@ -3,13 +3,10 @@
 DPO learns whatever separates chosen from rejected answers. If a surface cue does (the rejected
 answers open with an apology, the chosen ones are longer), a model learns the cue. Two checks:
 
-Surface features (:func:`surface_features`), one number per answer: ``n_words``; ``apology_opener``
-(opens with "I'm sorry", "I apologise", "Unfortunately", "I can't", "As an AI", …);
-``list_items`` (lines that start a bullet or a numbered item); ``markdown`` (headings, bold,
-code fences); ``hedges`` (hedging words per 100 words); ``repetition`` (share of repeated word
-3-grams); ``opening_<n-gram>`` (the answer opens with that word pair; only pairs seen at least
-five times). For each, the ROC AUC of predicting "chosen" from it over all answers; the *cue
-strength* ``max(AUC, 1 − AUC)`` says how well it separates either way.
+Surface features (:func:`~icon2_lens.judge.surface.surface_features`, shared with the surface
+judges): length, apology opener, list items, markdown, hedges, repetition, and frequent opening
+word pairs; for each, the ROC AUC of predicting "chosen" from it over all answers and the *cue
+strength* ``max(AUC, 1 − AUC)`` (:func:`~icon2_lens.judge.surface.feature_aucs`).
 
 Bag of words (:func:`bag_of_words_auc`): a logistic regression on word 1- and 2-gram presence,
 cross-validated with both answers of a pair always in the same fold, gives an out-of-fold AUC; fitted
@@ -24,12 +21,18 @@ Example:
 """
 
 import logging
-import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
+
+from icon2_lens.judge.surface import (
+    feature_aucs,
+    opens_with_apology,
+    roc_auc,
+    surface_features,
+    words,
+)
+from icon2_lens.pairs.records import answer_pairs
 
 __all__ = [
     "SHORTCUT_THRESHOLD",
@@ -45,98 +48,6 @@ logger = logging.getLogger(__name__)
 #: A cue whose strength reaches this is reported as a shortcut.
 SHORTCUT_THRESHOLD = 0.7
 MIN_PAIRS = 10
-
-_APOLOGY = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry|i apologi[sz]e|my apologies|unfortunately|i can'?t|"
-    r"i cannot|i'?m unable|i am unable|i won'?t|i'?m not able|i am not able|as an ai)\b",
-    re.IGNORECASE,
-)
-_LIST = re.compile(r"^\s*([-*•]|\d+[.)])\s+", re.MULTILINE)
-_MARKDOWN = re.compile(r"(^\s*#{1,6}\s|\*\*|__|```)", re.MULTILINE)
-_HEDGES = frozenset(
-    "might may perhaps possibly probably likely maybe seems seem generally typically usually "
-    "often somewhat arguably".split()
-)
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _opening(text: str) -> str:
-    return " ".join(_words(text)[:2])
-
-
-def surface_features(texts: Sequence[str]) -> pd.DataFrame:
-    """One row per text: the surface features of the module docstring (without openings)."""
-    rows = []
-    for text in texts:
-        words = _words(text)
-        grams = list(zip(words, words[1:], words[2:]))
-        rows.append(
-            {
-                "n_words": float(len(words)),
-                "apology_opener": float(bool(_APOLOGY.match(text))),
-                "list_items": float(len(_LIST.findall(text))),
-                "markdown": float(len(_MARKDOWN.findall(text))),
-                "hedges": 100.0 * sum(w in _HEDGES for w in words) / max(len(words), 1),
-                "repetition": 1.0 - len(set(grams)) / len(grams) if grams else 0.0,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def answer_pairs(records: Sequence[dict]) -> list[tuple[str, str]]:
-    """``(chosen, rejected)`` texts of TRL preference records (standard or conversational)."""
-
-    def text(value) -> str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list):
-            return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
-        raise ValueError(
-            f"an answer must be a string or a list of messages, got {type(value).__name__}"
-        )
-
-    return [(text(r["chosen"]), text(r["rejected"])) for r in records]
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if np.all(scores == scores[0]):
-        return 0.5
-    return float(roc_auc_score(labels, scores))
-
-
-def feature_aucs(pairs: Sequence[tuple[str, str]], *, min_count: int = 5) -> pd.DataFrame:
-    """Per surface feature (and frequent opening word pair): AUC, strength and mean per side."""
-    chosen = [c for c, _ in pairs]
-    rejected = [r for _, r in pairs]
-    feats = surface_features(chosen + rejected)
-    openings = [_opening(t) for t in chosen + rejected]
-    for gram, count in Counter(openings).most_common():
-        if count < min_count or not gram:
-            break
-        feats[f"opening '{gram}'"] = [float(o == gram) for o in openings]
-    n = len(pairs)
-    labels = np.r_[np.ones(n), np.zeros(n)]
-    rows = []
-    for name in feats.columns:
-        values = feats[name].to_numpy(dtype=float)
-        auc = _auc(labels, values)
-        rows.append(
-            {
-                "feature": name,
-                "auc": auc,
-                "strength": max(auc, 1.0 - auc),
-                "higher_in": "chosen" if auc > 0.5 else "rejected" if auc < 0.5 else "neither",
-                "mean_chosen": float(values[:n].mean()),
-                "mean_rejected": float(values[n:].mean()),
-            }
-        )
-    return pd.DataFrame(rows).sort_values("strength", ascending=False, ignore_index=True)
 
 
 def bag_of_words_auc(
@@ -176,7 +87,7 @@ def bag_of_words_auc(
         return [{"ngram": str(names[i]), "weight": float(clf.coef_[0][i])} for i in idx]
 
     return {
-        "auc": _auc(labels, oof),
+        "auc": roc_auc(labels, oof),
         "pair_accuracy": float(np.mean(oof[:n] > oof[n:]) + 0.5 * np.mean(oof[:n] == oof[n:])),
         "folds": folds,
         "chosen_ngrams": listing(order[::-1][:top]),
@@ -226,8 +137,8 @@ def shortcut_report(
                 "higher_in": "either",
             }
         )
-    chosen_len = np.array([len(_words(c)) for c, _ in pairs], dtype=float)
-    rejected_len = np.array([len(_words(r)) for _, r in pairs], dtype=float)
+    chosen_len = np.array([len(words(c)) for c, _ in pairs], dtype=float)
+    rejected_len = np.array([len(words(r)) for _, r in pairs], dtype=float)
     return {
         "n_pairs": len(pairs),
         "n_identical_dropped": same,
@@ -236,8 +147,8 @@ def shortcut_report(
         "bag_of_words": bow,
         "length_ratio_median": float(np.median((chosen_len + 1) / (rejected_len + 1))),
         "apology_opener_rate": {
-            "chosen": float(np.mean([bool(_APOLOGY.match(c)) for c, _ in pairs])),
-            "rejected": float(np.mean([bool(_APOLOGY.match(r)) for _, r in pairs])),
+            "chosen": float(np.mean([opens_with_apology(c) for c, _ in pairs])),
+            "rejected": float(np.mean([opens_with_apology(r) for _, r in pairs])),
         },
         "shortcuts": cues,
     }

@@ -7,6 +7,7 @@ from icon2_lens._files import write_json
 from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.consistency.filter import read_kept
 from icon2_lens.directions.folder import load_extraction
+from icon2_lens.pairs.gate import training_pairs, training_pairs_path
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 from icon2_lens.pairs.margins import pair_margins
 
@@ -59,9 +60,14 @@ def run(args) -> Result:
         {"counts": res.counts, "margins": margins, "config": config.settings()},
         Path(out) / "summary.json",
     )
+    train = training_pairs(res.records, config, out)
     shown = {k: v for k, v in margins.items() if k != "judge"}
     return Result(
-        json.dumps({"counts": res.counts, "margins": shown}, indent=2),
-        {"pairs": res.counts["pairs"], "judge": margins.get("judge", "")},
-        {"pairs": str((Path(out) / "pairs.jsonl").resolve()), "out": str(Path(out).resolve())},
+        json.dumps({"counts": res.counts, "margins": shown, "train": len(train)}, indent=2),
+        {"pairs": res.counts["pairs"], "train": len(train), "judge": margins.get("judge", "")},
+        {
+            "pairs": str((Path(out) / "pairs.jsonl").resolve()),
+            "train": str(training_pairs_path(out).resolve()),
+            "out": str(Path(out).resolve()),
+        },
     )

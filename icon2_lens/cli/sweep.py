@@ -90,13 +90,8 @@ def _rechoose(args, out: Path) -> Result:
         if k in old and getattr(config, k) == getattr(defaults, k)
     }
     config = dataclasses.replace(config, **kept)
-    res.rule = {
-        **old,
-        "min_win": config.min_win,
-        "min_effect": config.min_effect,
-        "max_degenerate": config.max_degenerate,
-        "nll_tolerance": config.nll_tolerance,
-    }
+    # how the answers were made comes from the sweep; how to choose from this call
+    res.rule = {**config.rule(), **{k: old[k] for k in ("read", "positions", "unit") if k in old}}
     res.choice = choose_setting(res, config)
     return _result(res, out, png=not args.no_png)
 

@@ -85,6 +85,12 @@ class FilterConfig:
         exclusive="keep",
         help="keep every instruction scoring at least this, instead of fraction",
     )
+    balance: Literal["none", "quota"] = option(
+        "none",
+        help="none: each kept instruction is steered along its argmax criterion (Icon²); quota: "
+        "the criteria take turns picking their best instruction, an equal share each "
+        "(scoring=zscore is the other way to keep one criterion from taking most)",
+    )
     wrap: Literal["chat", "raw"] = option(
         "chat", help="instruction as scored: in the chat template, or the bare text"
     )
@@ -96,6 +102,8 @@ class FilterConfig:
     def __post_init__(self) -> None:
         if self.threshold is None and not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.threshold is not None and self.balance != "none":
+            raise ValueError("balance='quota' keeps a fraction; set fraction, not threshold")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be finite, got {self.threshold}")
         if self.batch_size < 1:
@@ -179,11 +187,16 @@ def run_filter(
         progress=progress,
         backend=config.backend,
     )
-    sel = scores.select(fraction=config.fraction, threshold=config.threshold)
+    sel = scores.select(
+        fraction=config.fraction, threshold=config.threshold, balance=config.balance
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "scores.jsonl", scores.table(sel).to_dict(orient="records"))
-    crit = scores.best_criterion
-    kept = [KeptInstruction(i, instructions[i], crit[i], float(scores.best[i])) for i in sel.kept]
+    column = {c: j for j, c in enumerate(scores.criteria)}
+    kept = [
+        KeptInstruction(i, instructions[i], c, float(scores.scores[i, column[c]]))
+        for i, c in zip(sel.kept, sel.criteria)
+    ]
     write_kept(kept, out / KEPT_FILE)
     top, bottom = scores.examples(5)
     write_text(

@@ -61,12 +61,15 @@ __all__ = [
     "score_summary",
     "SCORINGS",
     "LAYER_MODES",
+    "BALANCES",
 ]
 
 log = logging.getLogger(__name__)
 
 SCORINGS: tuple[str, ...] = ("dot", "cosine", "zscore")
 LAYER_MODES: tuple[str, ...] = ("all", "control")
+#: How the kept instructions are shared among criteria (see :meth:`ConsistencyScores.select`).
+BALANCES: tuple[str, ...] = ("none", "quota")
 
 
 @dataclass
@@ -74,16 +77,19 @@ class Selection:
     """Instructions kept by the filter.
 
     Attributes:
-        kept: Indices of kept instructions, best first.
-        rule: ``top_fraction`` or ``threshold``.
+        kept: Indices of kept instructions, best first (``quota``: in the order they were taken).
+        rule: ``top_fraction``, ``threshold`` or ``quota``.
         value: The fraction or the threshold.
         cutoff: Lowest kept score (NaN if none kept).
+        criteria: The criterion each kept instruction is steered along: its argmax criterion,
+            or under ``quota`` the criterion whose share it filled.
     """
 
     kept: list[int]
     rule: str
     value: float
     cutoff: float
+    criteria: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,14 +122,34 @@ class ConsistencyScores:
         """The criterion each instruction is most consistent with (its steering criterion)."""
         return [self.criteria[j] for j in self.best_index]
 
-    def select(self, *, fraction: float | None = 0.1, threshold: float | None = None) -> Selection:
+    def select(
+        self,
+        *,
+        fraction: float | None = 0.1,
+        threshold: float | None = None,
+        balance: str = "none",
+    ) -> Selection:
         """Keep the top ``fraction`` (at least one) or every instruction scoring ``>= threshold``.
 
-        Ties are broken by input order, so the selection is deterministic.
+        ``balance="quota"`` keeps the same number of instructions: every criterion in turn takes
+        the instruction it scores highest among those not yet taken, so each criterion gets an
+        equal share (±1) and an instruction may be steered along a criterion other than its
+        argmax. Ties are broken by input order, so the selection is deterministic.
+
+        Example:
+            >>> s = ConsistencyScores(["a", "b", "c", "d"], ["x", "y"],
+            ...                       torch.tensor([[9.0, 1.0], [8.0, 2.0], [7.0, 3.0], [6.0, 0.0]]))
+            >>> s.select(fraction=0.5).criteria, s.select(fraction=0.5, balance="quota").criteria
+            (['x', 'x'], ['x', 'y'])
         """
+        if balance not in BALANCES:
+            raise ValueError(f"unknown balance {balance!r}; use one of {', '.join(BALANCES)}")
         best = self.best.tolist()
+        crit = self.best_criterion
         order = sorted(range(len(best)), key=lambda i: (-best[i], i))
         if threshold is not None:
+            if balance != "none":
+                raise ValueError("balance='quota' keeps a fraction; pass fraction, not threshold")
             if not math.isfinite(threshold):
                 raise ValueError(f"threshold must be finite, got {threshold}")
             kept = [i for i in order if best[i] >= threshold]
@@ -131,10 +157,36 @@ class ConsistencyScores:
         else:
             if fraction is None or not 0 < fraction <= 1:
                 raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-            kept = order[: max(1, math.ceil(fraction * len(order)))]
+            n_keep = max(1, math.ceil(fraction * len(order)))
+            if balance == "quota":
+                kept, assigned = self._quota(n_keep)
+                scores = self.scores.tolist()
+                chosen = [scores[i][self.criteria.index(c)] for i, c in zip(kept, assigned)]
+                cutoff = min(chosen) if chosen else float("nan")
+                return Selection(kept, "quota", float(fraction), cutoff, assigned)
+            kept = order[:n_keep]
             rule, value = "top_fraction", float(fraction)
         cutoff = best[kept[-1]] if kept else float("nan")
-        return Selection(kept=kept, rule=rule, value=value, cutoff=cutoff)
+        return Selection(
+            kept=kept, rule=rule, value=value, cutoff=cutoff, criteria=[crit[i] for i in kept]
+        )
+
+    def _quota(self, n_keep: int) -> tuple[list[int], list[str]]:
+        """Round-robin over criteria, each taking its best instruction not yet taken."""
+        scores = self.scores.tolist()
+        n, k = len(scores), len(self.criteria)
+        ranked = [sorted(range(n), key=lambda i: (-scores[i][c], i)) for c in range(k)]
+        pos, taken, kept, assigned = [0] * k, set(), [], []
+        while len(kept) < min(n_keep, n):
+            for c in range(k):
+                while pos[c] < n and ranked[c][pos[c]] in taken:
+                    pos[c] += 1
+                if pos[c] < n and len(kept) < n_keep:
+                    i = ranked[c][pos[c]]
+                    taken.add(i)
+                    kept.append(i)
+                    assigned.append(self.criteria[c])
+        return kept, assigned
 
     def table(self, selection: Selection | None = None) -> pd.DataFrame:
         """One row per instruction: scores per criterion, best, argmax criterion, kept flag."""
@@ -305,7 +357,7 @@ def score_consistency(
 def score_summary(scores: ConsistencyScores, selection: Selection) -> dict[str, Any]:
     """Counts per argmax criterion among all and kept instructions, and score quantiles."""
     crit = scores.best_criterion
-    kept = [crit[i] for i in selection.kept]
+    kept = selection.criteria or [crit[i] for i in selection.kept]
     best = scores.best.numpy()
     return {
         "n_scored": len(crit),
@@ -315,5 +367,6 @@ def score_summary(scores: ConsistencyScores, selection: Selection) -> dict[str, 
         "cutoff": selection.cutoff,
         "criterion_counts_all": {c: crit.count(c) for c in scores.criteria},
         "criterion_counts_kept": {c: kept.count(c) for c in scores.criteria},
+        "kept_off_argmax": sum(crit[i] != c for i, c in zip(selection.kept, kept)),
         "quantiles": {q: float(np.quantile(best, q)) for q in (0.0, 0.5, 0.9, 1.0)},
     }

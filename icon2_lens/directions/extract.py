@@ -21,8 +21,9 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from icon2_lens._config import documented, option
 from icon2_lens._files import settings_differences
@@ -32,7 +33,7 @@ from icon2_lens.model.hooks import check_site, normalize_layers
 from icon2_lens.model.load import model_fingerprint, package_versions
 
 from .confounds import CONFOUNDS, check_confounds, fit_confounds
-from .contrast import contrast_activations
+from .contrast import answer_contrast_activations, contrast_activations
 from .criteria import BUILTIN_CRITERIA, Criterion, get_criteria
 from .diagnostics import layer_table, recommend_interval
 from .fit import METHODS, direction_stats, fit_directions
@@ -123,6 +124,13 @@ class ExtractConfig:
     wordings_file: str | None = option(
         None, help="TOML/JSON file of more wordings ([[wordings.<criterion>]] positive, negative)"
     )
+    reading: Literal["prompt", "answers"] = option(
+        "prompt",
+        help="prompt: the residual at the prompt's last token under each system prompt (Icon²); "
+        "answers: the mean residual over the answers the model writes under each system prompt, "
+        "read without it (where the behaviour is, not the prompt's wording)",
+    )
+    answer_tokens: int = option(48, help="answers reading: tokens generated per answer")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))
@@ -142,6 +150,10 @@ class ExtractConfig:
             raise ValueError(f"wording_threshold must be in (0, 1], got {self.wording_threshold}")
         if self.n_wording < 1:
             raise ValueError("n_wording must be at least 1")
+        if self.reading not in ("prompt", "answers"):
+            raise ValueError(f"unknown reading {self.reading!r}; use 'prompt' or 'answers'")
+        if self.answer_tokens < 1:
+            raise ValueError("answer_tokens must be at least 1")
 
     @property
     def centering(self) -> str:
@@ -213,15 +225,22 @@ def extract_criterion(
         progress=progress,
         backend=config.backend,
     )
-    pos, neg = contrast_activations(model, criterion, train_i, **kw)
-    pos_h, neg_h = contrast_activations(model, criterion, held_i, **kw)
+    if config.reading == "answers":
+        read = partial(answer_contrast_activations, max_new_tokens=config.answer_tokens)
+    else:
+        read = contrast_activations
+    pos, neg = read(model, criterion, train_i, **kw)
+    pos_h, neg_h = read(model, criterion, held_i, **kw)
     vectors, stats = fit_directions(pos, neg, config.method, center=config.center)
     meta = {
         **_settings(model, criterion, config, train_i, held_i),
         "model_name": getattr(model.cfg, "model_name", type(model).__name__),
         "n_layers": int(model.cfg.n_layers),
         "centering": config.centering,
-        "read_position": "last token of the chat prompt (after the assistant generation prompt)",
+        "read_position": "last token of the chat prompt (after the assistant generation prompt)"
+        if config.reading == "prompt"
+        else f"mean over the tokens of the greedy answer ({config.answer_tokens} tokens at most) "
+        "written under each system prompt, read with the instruction alone",
         "prompt_format": "criterion prompt as system message, instruction as user turn, chat template applied",
         "n_prompts": len(train_i),
         "n_heldout": len(held_i),
@@ -275,6 +294,8 @@ def extract_criterion(
     )
 
 
+_ANSWER_KEYS = ("reading", "answer_tokens")
+
 _SETTINGS_KEYS = (
     "model_fingerprint",
     "extract_config",
@@ -293,7 +314,12 @@ def _settings(
         "model_fingerprint": model_fingerprint(model),
         # which other criteria a run extracts does not change this one's directions
         "extract_config": {
-            **{k: v for k, v in asdict(config).items() if k != "criteria"},
+            **{
+                k: v
+                for k, v in asdict(config).items()
+                # recorded only when used, so extractions made before the option stay reusable
+                if k != "criteria" and not (config.reading == "prompt" and k in _ANSWER_KEYS)
+            },
             "layers": normalize_layers(config.layers, model.cfg.n_layers),
         },
         "instructions_sha256": _digest(train_i),

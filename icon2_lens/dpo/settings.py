@@ -90,6 +90,16 @@ class DPOSettings:
     )
     seed: int = option(0, help="seed of the initialisation, data order and dropout")
     logging_steps: int = option(1, help="optimizer steps between two log entries")
+    ld_alpha: float | None = option(
+        None,
+        help="length-desensitised DPO (TRL ld_alpha, in [0, 1]): weight of the tokens past the "
+        "shorter answer's length; None is plain DPO",
+    )
+    label_smoothing: float = option(
+        0.0,
+        help="TRL label_smoothing: with loss_type robust, the assumed share of flipped labels "
+        "(0.0: plain DPO)",
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -102,6 +112,8 @@ class DPOSettings:
             "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
             "max_length": self.max_length >= 2,
             "logging_steps": self.logging_steps >= 1,
+            "ld_alpha": self.ld_alpha is None or 0.0 <= self.ld_alpha <= 1.0,
+            "label_smoothing": 0.0 <= self.label_smoothing < 0.5,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -109,7 +121,7 @@ class DPOSettings:
             raise ValueError(
                 f"invalid DPO settings: {shown} (beta, learning_rate, num_train_epochs > 0; "
                 "0 <= warmup_ratio < 1; max_steps -1 or > 0; batch size, accumulation, logging "
-                "steps >= 1; max_length >= 2)"
+                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5)"
             )
 
     def to_dpo_config(self, output_dir: str | os.PathLike, **overrides: Any) -> "trl.DPOConfig":

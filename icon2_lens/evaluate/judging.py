@@ -43,7 +43,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Judges used when none are named: inherent score, pairwise self-judgement, fluency, refusals.
-DEFAULT_JUDGES: tuple[str, ...] = ("inherent", "self_pairwise", "fluency", "refusal")
+DEFAULT_JUDGES: tuple[str, ...] = (
+    "inherent",
+    "self_pairwise",
+    "relevance",
+    "fluency",
+    "refusal",
+    "apology",
+    "length",
+)
 
 
 @documented

@@ -3,6 +3,8 @@
 ``score_responses`` gives the inherent score (the residual stream over the response, projected
 on the criterion's direction and averaged over layers) and the NLL per response token;
 :class:`InherentJudge` and :class:`FluencyJudge` wrap them as pointwise judges.
+:class:`RelevanceJudge` reads the likelihood of the answer with and without its request (pointwise
+mutual information), no direction at all.
 """
 
 from collections.abc import Mapping, Sequence
@@ -20,7 +22,13 @@ from icon2_lens.model.read import read_responses
 
 from .base import Scores, check_lengths
 
-__all__ = ["score_responses", "InherentJudge", "FluencyJudge"]
+__all__ = [
+    "score_responses",
+    "InherentJudge",
+    "FluencyJudge",
+    "RelevanceJudge",
+    "RELEVANCE_REFERENCE",
+]
 
 
 def score_responses(
@@ -288,3 +296,78 @@ class FluencyJudge:
             self.model, instructions, responses, layers=[0], batch_size=self.batch_size, nll=True
         )
         return -res.nll.to(torch.float64).numpy()
+
+
+#: The reference request of :class:`RelevanceJudge`: none at all (an empty user turn).
+RELEVANCE_REFERENCE = ""
+
+
+class RelevanceJudge:
+    """How much more likely the answer is after its own request than after none: PMI per token.
+
+    ``score = (log p(answer | instruction) − log p(answer | reference)) / n_tokens``, both under
+    the unsteered model with the request in its chat template; the reference is an empty user
+    turn by default. An answer that addresses its request gains from seeing it; a generic one
+    (an apology, boilerplate, text about something else) gains little or loses. Reads the model's
+    likelihood only, never a direction, so it is independent of the steering. NaN for an empty
+    answer.
+
+    Args:
+        model: The (unsteered) bridge that judges.
+        reference: The request the answer is compared against (empty by default).
+        batch_size: Rows per forward pass.
+
+    Example:
+        >>> from icon2_lens.testing import tiny_model
+        >>> s = RelevanceJudge(tiny_model()).score(["tell me a story"] * 2, ["the cat sat", ""])
+        >>> bool(np.isfinite(s[0])), bool(np.isnan(s[1]))
+        (True, True)
+    """
+
+    name = "relevance"
+    kind: Literal["pointwise"] = "pointwise"
+
+    def __init__(
+        self, model: LensModel, *, reference: str = RELEVANCE_REFERENCE, batch_size: int = 8
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.reference = reference
+        self.batch_size = batch_size
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def description(self) -> str:
+        ref = f"the request {self.reference!r}" if self.reference else "an empty request"
+        return (
+            "pointwise mutual information of request and answer under the unsteered model: "
+            f"log p(answer | request) − log p(answer | {ref}), per answer token; reads the "
+            "likelihood only, no direction; higher = the answer is more specific to its request"
+        )
+
+    def reference_nll(
+        self, responses: Sequence[str], *, progress: bool = False
+    ) -> Float[np.ndarray, " n"]:
+        """Mean NLL per token of each response after the reference request."""
+        res = read_responses(
+            self.model,
+            [self.reference] * len(responses),
+            responses,
+            layers=[0],
+            batch_size=self.batch_size,
+            nll=True,
+            progress=progress,
+        )
+        return res.nll.to(torch.float64).numpy()
+
+    def score(self, instructions: Sequence[str], responses: Sequence[str]) -> Scores:
+        if check_lengths(instructions, responses) == 0:
+            return np.empty(0)
+        given = read_responses(
+            self.model, instructions, responses, layers=[0], batch_size=self.batch_size, nll=True
+        )
+        return self.reference_nll(responses) - given.nll.to(torch.float64).numpy()

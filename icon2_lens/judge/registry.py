@@ -12,10 +12,19 @@ name                      kind         what it reads (higher = ...)
                                        distribution over the digits (rated better by the model)
 ``self_pairwise``         pairwise     P("A") vs P("B") when the model is asked which response is
                                        better, both orders averaged (preferred by the model)
+``relevance``             pointwise    log p(answer | request) − log p(answer | empty request) per
+                                       token (more specific to its request)
 ``fluency``               pointwise    −mean NLL per response token (more fluent to the model)
 ``degeneration``          pointwise    1 usable, 0 empty or a repetition loop
 ``refusal``               pointwise    1 if the opening matches a refusal pattern (see below)
+``apology``               pointwise    1 unless the answer opens with an apology or "I can't"
+``repetition``            pointwise    −share of repeated word 3-grams (less repetitive)
+``length``                pointwise    number of words (a reading: longer)
 ========================  ===========  ===========================================================
+
+Every judge but ``inherent`` is independent of the directions: none of them reads a residual
+stream along a direction, so a system that only moved along the steered directions cannot win
+under them by construction (:data:`INDEPENDENT_JUDGES`).
 
 Judges are built by name with :func:`make_judge` (see :mod:`icon2_lens.judge.base` for the two
 protocols); :mod:`icon2_lens.judge.compare` turns their outputs into win rates with intervals.
@@ -29,15 +38,17 @@ Example:
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from icon2_lens.directions.set import DirectionSet
 
-from .reading import FluencyJudge, InherentJudge
+from .reading import FluencyJudge, InherentJudge, RelevanceJudge
 from .rules import DegenerationJudge, RefusalJudge
 from .self_judges import SelfPairwiseJudge, SelfRatingJudge
+from .surface import SURFACE_JUDGES, SurfaceJudge
 
-__all__ = ["JudgeSpec", "JUDGES", "make_judge"]
+__all__ = ["JudgeSpec", "JUDGES", "INDEPENDENT_JUDGES", "make_judge"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,24 @@ JUDGES: dict[str, JudgeSpec] = {
         JudgeSpec(
             "self_pairwise", SelfPairwiseJudge, "model", "the model's A/B choice, both orders"
         ),
+        JudgeSpec(
+            "relevance", RelevanceJudge, "model", "PMI of request and answer, per answer token"
+        ),
         JudgeSpec("fluency", FluencyJudge, "model", "minus mean NLL per response token"),
         JudgeSpec("degeneration", DegenerationJudge, "tokenizer", "1 usable, 0 empty or looping"),
         JudgeSpec("refusal", RefusalJudge, "nothing", "1 if the opening matches a refusal pattern"),
+        *(
+            JudgeSpec(name, partial(SurfaceJudge, name), "nothing", f"the answer's {feature}")
+            for name, (feature, _, _) in SURFACE_JUDGES.items()
+        ),
     )
 }
 """Judge name -> :class:`JudgeSpec`."""
+
+INDEPENDENT_JUDGES: tuple[str, ...] = tuple(
+    n for n, s in JUDGES.items() if "directions" not in s.needs
+)
+"""The judges that read no direction (every one but ``inherent``)."""
 
 
 def make_judge(
@@ -105,7 +128,7 @@ def make_judge(
         >>> make_judge("oracle")
         Traceback (most recent call last):
         ...
-        ValueError: unknown judge 'oracle'; use one of inherent, self_rating, self_pairwise, fluency, degeneration, refusal
+        ValueError: unknown judge 'oracle'; use one of inherent, self_rating, self_pairwise, relevance, fluency, degeneration, refusal, apology, repetition, length
     """
     spec = JUDGES.get(name)
     if spec is None:

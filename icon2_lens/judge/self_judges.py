@@ -22,7 +22,13 @@ from icon2_lens.model.twin import fast_twin
 
 from .base import Scores, check_lengths
 
-__all__ = ["SelfRatingJudge", "SelfPairwiseJudge", "RATING_TEMPLATE", "PAIRWISE_TEMPLATE"]
+__all__ = [
+    "SelfRatingJudge",
+    "SelfPairwiseJudge",
+    "RATING_TEMPLATE",
+    "PAIRWISE_TEMPLATE",
+    "PAIRWISE_OPENER",
+]
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +159,22 @@ RATING_TEMPLATE = (
 """Judgement prompt of :class:`SelfRatingJudge` (fields ``low``, ``high``, ``instruction``, ``response``)."""
 
 PAIRWISE_TEMPLATE = (
-    "Two responses to the same instruction follow. Which one is better, that is more helpful, honest "
-    "and harmless? Answer with {label_a} or {label_b} only.\n\n"
-    "Instruction: {instruction}\n\nResponse {label_a}: {response_a}\n\nResponse {label_b}: {response_b}"
+    "Instruction: {instruction}\n\nResponse {label_a}: {response_a}\n\nResponse {label_b}: "
+    "{response_b}\n\nWhich response is better, that is more helpful, honest and harmless: "
+    "{label_a} or {label_b}?"
 )
 """Judgement prompt of :class:`SelfPairwiseJudge` (fields ``label_a``, ``label_b``, ``instruction``,
-``response_a``, ``response_b``)."""
+``response_a``, ``response_b``): the question comes after the responses, where a small model still
+reads it."""
+
+PAIRWISE_OPENER = "The better response is Response"
+"""The start of the judge's answer, so that the next token is the verdict letter.
+
+Measured on the embedded SmolLM2-135M-Instruct with :data:`PAIRWISE_TEMPLATE`: over the 168 pairs
+of the default run, both orders, the two letters get 0.91 of the next-token mass on average and
+the response shown first gets 0.51 of it. The earlier format (the question first, the answer
+opened with ``Better response:``) gave the letters 0.04 on 24 of those pairs, and the response
+shown first 0.78."""
 
 
 class SelfRatingJudge(_SelfJudge):
@@ -251,7 +267,8 @@ class SelfRatingJudge(_SelfJudge):
 class SelfPairwiseJudge(_SelfJudge):
     """The model is shown two responses and asked which is better; both orders are averaged.
 
-    The verdict is read at the next token after ``Better response:`` as ``P(A) / (P(A) + P(B))``.
+    The verdict is read at the next token after :data:`PAIRWISE_OPENER` (the start of the judge's
+    answer, "The better response is Response") as ``P(A) / (P(A) + P(B))``.
     Each pair is asked twice, ``a`` shown first and ``b`` shown first, and the two probabilities
     that ``a`` is better are averaged, so a pure position bias cancels: ``prefer(a, a)`` is exactly
     0.5 and ``prefer(a, b) + prefer(b, a) == 1``. :attr:`last_position_bias` is the mean
@@ -263,6 +280,7 @@ class SelfPairwiseJudge(_SelfJudge):
         batch_size: Prompts per forward pass.
         labels: The two response labels (single tokens after the opener), default ``A`` and ``B``.
         template: The judgement prompt (see :data:`PAIRWISE_TEMPLATE`).
+        opener: The start of the judge's answer, right before the verdict label.
         backend: ``auto``, ``fast`` or ``bridge`` (see :class:`SelfRatingJudge`).
 
     Example:
@@ -274,7 +292,6 @@ class SelfPairwiseJudge(_SelfJudge):
 
     name = "self_pairwise"
     kind: Literal["pairwise"] = "pairwise"
-    opener = "Better response:"
 
     def __init__(
         self,
@@ -283,12 +300,14 @@ class SelfPairwiseJudge(_SelfJudge):
         batch_size: int = 8,
         labels: Sequence[str] = ("A", "B"),
         template: str = PAIRWISE_TEMPLATE,
+        opener: str = PAIRWISE_OPENER,
         backend: str = "auto",
     ) -> None:
         if len(labels) != 2:
             raise ValueError(f"a pairwise judge needs two labels, got {list(labels)}")
         self.labels = list(labels)
         self.template = template
+        self.opener = opener
         self.last_position_bias: float = float("nan")
         super().__init__(model, batch_size=batch_size, backend=backend)
 

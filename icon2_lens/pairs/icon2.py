@@ -114,6 +114,17 @@ class PairConfig:
         help="confound directions to project out of the directions before steering, "
         f"comma-separated ({', '.join(CONFOUNDS)})",
     )
+    surface_gate: bool = option(
+        True,
+        help="train on train.jsonl: the pairs without those through which one surface cue "
+        "(length, apology opener, opening words, …) gives chosen away (icon2_lens.pairs.gate)",
+    )
+    max_cue: float = option(
+        0.7, help="surface gate: cue strength (AUC) at which a feature counts as a shortcut"
+    )
+    max_gate_drop: float = option(
+        0.5, help="surface gate: the largest share of the pairs it may leave out"
+    )
 
     def __post_init__(self) -> None:
         for name in ("gamma_pos", "gamma_neg"):
@@ -122,6 +133,10 @@ class PairConfig:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.5 < self.max_cue <= 1:
+            raise ValueError(f"max_cue must be in (0.5, 1], got {self.max_cue}")
+        if not 0 <= self.max_gate_drop < 1:
+            raise ValueError(f"max_gate_drop must be in [0, 1), got {self.max_gate_drop}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "orthogonalize", check_confounds(list(self.orthogonalize)))

@@ -36,6 +36,7 @@ from icon2_lens.judge.rules import degeneracy
 from icon2_lens.model.generate import Generation
 
 __all__ = [
+    "answer_pairs",
     "PAIR_FIELDS",
     "PROVENANCE_PREFIX",
     "PairFormat",
@@ -294,3 +295,18 @@ def _check_message(message: Any, where: str) -> None:
         )
     if not isinstance(message["content"], str) or not message["content"].strip():
         raise ValueError(f"{where} has empty or non-text content; fill it or drop the record")
+
+
+def answer_pairs(records: Sequence[dict]) -> list[tuple[str, str]]:
+    """``(chosen, rejected)`` texts of TRL preference records (standard or conversational)."""
+
+    def text(value) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+        raise ValueError(
+            f"an answer must be a string or a list of messages, got {type(value).__name__}"
+        )
+
+    return [(text(r["chosen"]), text(r["rejected"])) for r in records]

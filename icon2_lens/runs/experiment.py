@@ -45,6 +45,7 @@ from icon2_lens.model.hooks import normalize_layers
 from icon2_lens.model.load import load_model, model_source
 from icon2_lens.pairs.baselines import make_pairs
 from icon2_lens.pairs.common import BaselineConfig
+from icon2_lens.pairs.gate import training_pairs
 
 from .config import ExperimentConfig, check_run_dir
 from .report import write_experiment_report
@@ -124,7 +125,7 @@ def _stage_pairs(
 ):
     marker = out / "summary.json"
     if (done := read_marker(marker)) is not None:
-        return read_jsonl(out / "pairs.jsonl"), done
+        return training_pairs(read_jsonl(out / "pairs.jsonl"), cfg.pairs, out), done
     n = min(cfg.experiment.n_instructions, len(kept))  # the same count for every source
     judge = None
     if source == "sampling_ranking":
@@ -160,7 +161,8 @@ def _stage_pairs(
     costs.save()
     summary = {"source": source, "counts": res.counts, "n_instructions": n}
     write_json(summary, marker)
-    return res.records, summary
+    # every source goes through the same surface gate, so they train on equally clean pairs
+    return training_pairs(res.records, cfg.pairs, out), summary
 
 
 def _stage_alignez(

@@ -16,6 +16,7 @@ import torch
 
 from icon2_lens._files import read_marker, write_json
 from icon2_lens.model.load import load_model, model_source
+from icon2_lens.pairs.gate import training_pairs_path
 
 from .config import RunConfig, check_run_dir
 from .report import write_report
@@ -162,7 +163,7 @@ def run_pipeline(
                 cfg.audit,
                 sets,
                 intervals,
-                out / "pairs" / "pairs.jsonl",
+                training_pairs_path(out / "pairs"),
                 out / "audit",
                 progress=progress,
                 png=png,

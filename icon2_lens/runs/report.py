@@ -290,7 +290,23 @@ def _shortcut_blocks(out: Path) -> list[Block]:
             for f in sc["features"][:6]
         ]
     )
-    blocks: list[Block] = [
+    gate = _load(out / "pairs" / "gate.json")
+    blocks: list[Block] = []
+    if gate and "skipped" not in gate:
+        before, after = gate.get("before", {}), gate.get("after", {})
+        blocks.append(
+            (
+                "p",
+                f"Surface gate: DPO trains on {gate['n_kept']} of {gate['n_in']} pairs "
+                f"({gate['n_dropped']} left out: "
+                + (", ".join(f"{k} {v}" for k, v in gate["dropped_by_cue"].items()) or "none")
+                + f"); strongest single cue {before.get('feature')} {before.get('strength', 0):.2f} "
+                f"before, {after.get('feature')} {after.get('strength', 0):.2f} after"
+                + ("" if gate.get("complete") else " (the gate stopped at its max_drop)")
+                + ". The check below is of the pairs DPO trains on.",
+            )
+        )
+    blocks += [
         (
             "p",
             f"Shortcut check: a bag-of-words classifier tells chosen from rejected with AUC "

@@ -38,6 +38,7 @@ from icon2_lens.model.generate import Decoding, generate
 from icon2_lens.model.hooks import normalize_layers
 from icon2_lens.model.load import load_model
 from icon2_lens.model.read import read_responses
+from icon2_lens.pairs.gate import training_pairs
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 from icon2_lens.pairs.margins import pair_margins
 
@@ -103,18 +104,26 @@ def stage_filter(
 def stage_pairs(
     model: LensModel, config: PairConfig, kept, sets, intervals, out: Path, *, progress: bool = True
 ):
-    """Steered pairs and their summary (counts, margins under the unsteered model, settings)."""
+    """Steered pairs and their summary (counts, margins under the unsteered model, settings).
+
+    Returns the pairs DPO trains on: with ``config.surface_gate`` the gated ``train.jsonl``
+    (:mod:`icon2_lens.pairs.gate`), else every pair.
+    """
     marker = out / "summary.json"
-    if (done := read_marker(marker)) is not None:
-        return read_jsonl(out / "pairs.jsonl"), done
-    res = generate_pairs(model, kept, sets, config, intervals=intervals, out=out, progress=progress)
-    summary = {
-        "counts": res.counts,
-        "margins": pair_margins(model, res.records, sets, progress=progress),
-        "config": config.settings(),
-    }
-    write_json(summary, marker)
-    return res.records, summary
+    if (summary := read_marker(marker)) is not None:
+        records = read_jsonl(out / "pairs.jsonl")
+    else:
+        res = generate_pairs(
+            model, kept, sets, config, intervals=intervals, out=out, progress=progress
+        )
+        records = res.records
+        summary = {
+            "counts": res.counts,
+            "margins": pair_margins(model, records, sets, progress=progress),
+            "config": config.settings(),
+        }
+        write_json(summary, marker)
+    return training_pairs(records, config, out), summary
 
 
 def stage_shortcuts(records: Sequence[dict], config: AuditConfig, out: Path) -> dict[str, Any]:

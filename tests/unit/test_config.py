@@ -53,11 +53,21 @@ def test_a_run_folder_written_before_the_redesign_reads_back_as_its_preset(name,
     cls = PRESETS[name]
     old = json.loads((FIXTURES / f"{name}.json").read_text())
     preset = cls.from_toml(ROOT / "configs" / f"{name}.toml")
-    assert cls.from_dict(old) == preset
+    restored = cls.from_dict(old)
+    # the one default changed on purpose since: judges that read no direction joined the default
+    # list (a folder keeps the judges it recorded); everything else reads back unchanged
+    for section in ("eval", "evaluate"):
+        mine, now = getattr(restored, section, None), getattr(preset, section, None)
+        if mine is not None and hasattr(mine, "judges") and mine.judges != now.judges:
+            assert set(mine.judges) < set(now.judges)
+            restored = dataclasses.replace(
+                restored, **{section: dataclasses.replace(mine, judges=now.judges)}
+            )
+    assert restored == preset
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(old))
-    check_run_dir(run, preset)  # resumes
+    check_run_dir(run, cls.from_dict(old))  # resumes with what it recorded
     with pytest.raises(
         ConfigError, match=r"another configuration \(differences in: .*extract\.seed"
     ):

@@ -129,3 +129,28 @@ def test_bad_input(tiny):
         scores_from_activations(torch.zeros(1, 3, 16), [0, 1, 2], sets, instructions=["x"]).select(
             fraction=0.0
         )
+
+
+def test_quota_balance_gives_every_criterion_an_equal_share_of_its_best():
+    from icon2_lens.consistency.scores import ConsistencyScores
+
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(60, 3, generator=g)
+    raw[:, 0] += 5.0  # criterion "a" is the argmax of every instruction, as harmlessness is
+    s = ConsistencyScores([f"i{k}" for k in range(60)], ["a", "b", "c"], raw)
+    plain = s.select(fraction=0.2)
+    assert set(plain.criteria) == {"a"}
+    quota = s.select(fraction=0.2, balance="quota")
+    assert len(quota.kept) == len(plain.kept) == 12 and len(set(quota.kept)) == 12
+    assert {c: quota.criteria.count(c) for c in "abc"} == {"a": 4, "b": 4, "c": 4}
+    for c in "abc":
+        j = "abc".index(c)
+        mine = [i for i, k in zip(quota.kept, quota.criteria) if k == c]
+        # each criterion took instructions it ranks near its top (earlier picks of others aside)
+        top = torch.argsort(raw[:, j], descending=True)[:12].tolist()
+        assert set(mine) <= set(top)
+    assert quota == s.select(fraction=0.2, balance="quota")  # deterministic
+    with pytest.raises(ValueError, match="fraction, not threshold"):
+        s.select(threshold=0.0, balance="quota")
+    with pytest.raises(ValueError, match="unknown balance"):
+        s.select(balance="even")

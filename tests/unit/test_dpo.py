@@ -365,3 +365,14 @@ def test_the_report_and_the_training_log_use_one_saturation_rule():
         assert bool(table.loc[name, "saturated early"]) == flagged, name
     assert not table.loc["two-step spike", "saturated early"] and SaturationRule().window == 3
     assert f"(mean of {SaturationRule().window})" in " ".join(table.columns)
+
+
+def test_length_aware_and_robust_options_reach_trl_and_are_checked():
+    from icon2_lens.dpo.settings import DPOSettings
+
+    cfg = DPOSettings(ld_alpha=0.5, label_smoothing=0.1).to_dpo_config("/tmp/unused")
+    assert cfg.ld_alpha == 0.5 and cfg.label_smoothing == 0.1
+    assert DPOSettings().to_dpo_config("/tmp/unused").ld_alpha is None
+    for bad in ({"ld_alpha": 1.5}, {"label_smoothing": 0.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DPOSettings(**bad)

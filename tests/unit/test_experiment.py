@@ -6,6 +6,7 @@ import re
 import pytest
 
 from icon2_lens._files import read_jsonl
+from icon2_lens.evaluate.judging import DEFAULT_JUDGES
 from icon2_lens.runs.experiment import run_experiment
 from icon2_lens.testing import save_tiny_model
 
@@ -33,7 +34,7 @@ def test_experiment_end_to_end(
         } <= kept
     assert set(result["comparisons"]) == set(SOURCES) | {"alignez"}
     for by_judge in result["comparisons"].values():
-        assert set(by_judge) == {"inherent", "self_pairwise", "fluency", "refusal"}
+        assert set(by_judge) == set(DEFAULT_JUDGES)
         for c in by_judge.values():
             w = c["win_rate"]
             assert 0 <= w["low"] <= w["value"] <= w["high"] <= 1

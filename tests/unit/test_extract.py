@@ -248,3 +248,37 @@ def test_orthogonalize_option_projects_confounds_out_and_records_it(tiny, tmp_pa
         assert cos.abs().max() < 1e-6
     with pytest.raises(ValueError, match="unknown confound"):
         _cfg(orthogonalize=("tone",))
+
+
+def test_the_answers_reading_sees_the_answers_and_not_the_prompts(tiny, monkeypatch):
+    import icon2_lens.directions.contrast as contrast
+    from icon2_lens.directions.contrast import answer_contrast_activations
+    from icon2_lens.model.read import read_responses
+
+    kind = ["you are very kind and helpful today", "i am happy to help with that"]
+
+    def planted(model, criterion, instructions, **kw):
+        # a planted behaviour: kind answers under the positive prompt, rude ones under the negative
+        return [kind[i % 2] for i in range(len(instructions))], ["you are a rude liar"] * len(
+            instructions
+        )
+
+    monkeypatch.setattr(contrast, "contrast_answers", planted)
+    pos, neg = answer_contrast_activations(tiny, CRIT, TRAIN[:4], layers=[0, 2], progress=False)
+    # each answer is read with its instruction alone: the system prompt never reaches the reading
+    alone = read_responses(tiny, TRAIN[:4], planted(tiny, CRIT, TRAIN[:4])[0], layers=[0, 2])
+    assert torch.allclose(pos, alone.readings, atol=1e-5)
+    same = lambda model, criterion, instructions, **kw: (["the cat sat"] * 4, ["the cat sat"] * 4)  # noqa: E731
+    monkeypatch.setattr(contrast, "contrast_answers", same)
+    p2, n2 = answer_contrast_activations(tiny, CRIT, TRAIN[:4], layers=[0, 2], progress=False)
+    assert torch.equal(p2, n2)  # the same answers under both prompts: no contrast at all
+
+    monkeypatch.setattr(contrast, "contrast_answers", planted)
+    res = extract_criterion(
+        tiny, CRIT, config=_cfg(reading="answers"), train=TRAIN, heldout=HELD, progress=False
+    )
+    assert res.directions.meta["extract_config"]["reading"] == "answers"
+    assert "answer" in res.directions.meta["read_position"]
+    assert (res.table["heldout_paired_acc"] == 1.0).all()  # the planted behaviour is recovered
+    prompt = extract_criterion(tiny, CRIT, config=_cfg(), train=TRAIN, heldout=HELD, progress=False)
+    assert "reading" not in prompt.directions.meta["extract_config"]  # old folders stay reusable

@@ -14,10 +14,11 @@ from icon2_lens.judge.compare import (
     length_controlled_win_rate,
     response_lengths,
 )
-from icon2_lens.judge.reading import FluencyJudge, InherentJudge
+from icon2_lens.judge.reading import FluencyJudge, InherentJudge, RelevanceJudge
 from icon2_lens.judge.registry import JUDGES, make_judge
 from icon2_lens.judge.rules import DEFAULT_REFUSAL_PATTERNS, DegenerationJudge, RefusalJudge
 from icon2_lens.judge.self_judges import SelfPairwiseJudge, SelfRatingJudge
+from icon2_lens.judge.surface import SurfaceJudge
 from icon2_lens.model.read import read_responses
 from icon2_lens.testing import TINY_WORDS, tiny_hf_model, tiny_tokenizer
 
@@ -84,6 +85,8 @@ def test_judges_follow_their_protocol(model, digit_model):
         DegenerationJudge(model),
         RefusalJudge(),
         SelfPairwiseJudge(digit_model),
+        RelevanceJudge(model),
+        *(SurfaceJudge(name) for name in ("apology", "repetition", "length")),
     ]
     for judge in judges:
         expected = PairwiseJudge if judge.kind == "pairwise" else PointwiseJudge
@@ -107,7 +110,7 @@ def test_make_judge_builds_and_rejects(model, digit_model):
     )
     assert inherent.layers == {"a": [2], "b": [0, 1]}
     # the shared options are accepted, and ignored, by the judges that do not read directions
-    for name in ("fluency", "refusal", "degeneration"):
+    for name in ("fluency", "refusal", "degeneration", "relevance", "apology", "length"):
         assert make_judge(name, model, direction_sets=_sets(model), layers=[1]).name == name
     assert make_judge("self_rating", digit_model, scale=3).scale == 3
     assert make_judge("refusal").patterns == DEFAULT_REFUSAL_PATTERNS
@@ -345,3 +348,122 @@ def test_default_lengths_are_words_without_a_tokenizer():
         RefusalJudge(), ["x", "y"], ["I cannot help you.", "ok"], ["sure thing", "ok"], n_boot=50
     )
     assert (c.mean_length_a, c.mean_length_b) == (2.5, 1.5)
+
+
+# --- judges independent of the directions ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def copying_model():
+    """A one-block tiny Llama that copies: uniform attention carries the context's words forward.
+
+    Queries and keys are zero (every earlier position gets the same weight), values and output
+    project the first 32 coordinates of each token through, the MLP is off and the unembedding is
+    the embedding. A word then gets more probability when it occurs earlier in the context, so an
+    answer made of the request's words is planted as the relevant one.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from icon2_lens.testing import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    hf = tiny_causal_lm(tok, n_layers=1, d_model=64, seed=1)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        emb = torch.nn.functional.normalize(torch.randn(len(tok), 64, generator=g), dim=-1) * 8
+        hf.model.embed_tokens.weight.copy_(emb)
+        hf.lm_head.weight.copy_(emb)
+        att = hf.model.layers[0].self_attn
+        att.q_proj.weight.zero_()
+        att.k_proj.weight.zero_()
+        att.v_proj.weight.copy_(torch.eye(32, 64))  # two kv heads of 16: coordinates 0..31
+        out = torch.zeros(64, 64)
+        out[:16, :16] = torch.eye(16) * 64  # head 0 reads kv head 0
+        out[16:32, 32:48] = torch.eye(16) * 64  # head 2 reads kv head 1
+        att.o_proj.weight.copy_(out)
+        hf.model.layers[0].mlp.down_proj.weight.zero_()
+    return TransformerBridge.boot_transformers(
+        "icon2-tiny-copy", hf_model=hf, tokenizer=tok, device="cpu"
+    ).eval()
+
+
+def test_relevance_ranks_a_planted_relevant_answer_above_an_unrelated_one(copying_model):
+    judge = RelevanceJudge(copying_model, batch_size=3)
+    requests = ["tell me a story about a cat", "what is good food", "help me fix my code"]
+    relevant = ["a story about a cat", "good food is good", "fix my code"]
+    unrelated = ["poem happy dog water", "the mat sat on dog", "a happy dog is a dog"]
+    r, u = judge.score(requests, relevant), judge.score(requests, unrelated)
+    assert np.all(r > u), (r, u)
+    # the same answer after its own request vs after another one: its own wins
+    shifted = judge.score(requests[1:] + requests[:1], relevant)
+    assert np.all(r > shifted)
+    # PMI is exactly the NLL after the reference minus the NLL after the request
+    given = read_responses(copying_model, requests, relevant, layers=[0]).nll.double().numpy()
+    assert np.allclose(r, judge.reference_nll(relevant) - given, atol=1e-12)
+    assert np.isnan(judge.score(["hi"], ["  "])[0])
+    assert "no direction" in judge.description
+
+
+def test_a_planted_letter_preference_is_cancelled_by_order_averaging(digit_model, monkeypatch):
+    judge = SelfPairwiseJudge(digit_model)
+    good = "fix the bug and save"
+
+    def planted(prompts):
+        # 0.9 for the first label whatever it shows, plus a content preference for `good`
+        # (stronger when it is shown first, as a small model's is)
+        out = []
+        for p in prompts:
+            first = (
+                p.index("Response A:") < p.index(good) < p.index("Response B:")
+                if good in p
+                else None
+            )
+            p_a = 0.9 + (0.08 if first is True else -0.3 if first is False else 0.0)
+            out.append([np.log(p_a), np.log(1 - p_a)])
+        return np.array(out)
+
+    monkeypatch.setattr(judge, "_label_logprobs", planted)
+    ins = ["help me fix my code"] * 2
+    same = judge.prefer(ins, RES_B[:2], RES_B[:2])
+    assert same.tolist() == [0.5, 0.5]  # the letter bias alone cancels exactly
+    assert judge.last_position_bias == pytest.approx(0.9)
+    won = judge.prefer(ins, [good, good], RES_B[:2])
+    assert np.all(won > 0.5)  # the content preference survives the averaging
+    assert np.allclose(judge.prefer(ins, RES_B[:2], [good, good]), 1 - won)
+
+
+def test_the_pairwise_verdict_is_the_next_token_after_the_opener(digit_model):
+    from icon2_lens.judge.self_judges import PAIRWISE_OPENER
+
+    judge = SelfPairwiseJudge(digit_model)
+    prompt = judge.prompt("tell me a story", "the cat", "a dog")
+    assert prompt.index("the cat") < prompt.index("a dog") < prompt.index("A or B")
+    assert judge.opener == PAIRWISE_OPENER
+    judge.prefer(INS, RES_A, RES_B)
+    assert 0 < judge.last_label_mass <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "planted", "plain"),
+    [
+        ("apology", "I'm sorry, but I can't help with that.", "Here is a recipe for soup."),
+        ("repetition", "go go go go go go go go go go", "Boil the water, then add salt."),
+        ("length", "Boil the water, then add the salt and stir.", "Boil it."),
+    ],
+)
+def test_surface_judges_read_their_cue(name, planted, plain):
+    judge = make_judge(name)
+    s = judge.score(["make soup"] * 3, [planted, plain, ""])
+    assert np.isnan(s[2])
+    assert (s[0] > s[1]) == (name == "length"), s
+    assert "text only" in judge.description
+
+
+def test_independent_judges_read_no_direction():
+    from icon2_lens.judge.registry import INDEPENDENT_JUDGES
+
+    assert "inherent" not in INDEPENDENT_JUDGES
+    assert {"relevance", "self_pairwise", "apology", "repetition", "length"} <= set(
+        INDEPENDENT_JUDGES
+    )
+    assert all("directions" not in JUDGES[n].needs for n in INDEPENDENT_JUDGES)

@@ -84,7 +84,7 @@ def test_degenerate_pairs_count_as_losses_and_the_clearest_interval_wins():
         (result.pairs["interval"] == "a") & (result.pairs["gamma_neg"] == -0.02)
     ].iloc[0]
     assert row["win"] == 1.0 and row["usable"] == 0.8 and row["win_usable"] == 0.8
-    choice = choose_setting(result, min_win=0.9)
+    choice = choose_setting(result, min_win=0.9, rule="inherent")
     assert choice["gamma_neg"] == -0.04  # −0.02 loses its degenerate pairs: usable win 0.8 < 0.9
     assert choice["interval"] == "b"  # same win rates, but "b" separates its pairs more clearly
     assert choice["effect"] > 10
@@ -107,12 +107,92 @@ def test_choose_setting_follows_the_rule():
             s = 1.5 if g == -0.02 and i < 3 else score
             rows.append(("10-19", g, i, s, nll, 0.0, 50, True, False))
     result = summarize_sweep(_responses(rows))
-    choice = choose_setting(result, min_win=0.9, nll_tolerance=0.25)
+    choice = choose_setting(result, min_win=0.9, nll_tolerance=0.25, rule="inherent")
     assert choice["gamma_pos"] == 0.02
     assert choice["gamma_neg"] == -0.04  # mildest γ⁻ with win ≥ 0.9 (−0.02 wins only 0.7)
     assert choice["win"] == 1.0
-    none = choose_setting(result, min_win=1.1)
+    none = choose_setting(result, min_win=1.1, rule="inherent")
+    assert choice["rule"] == "inherent" and none["rule"] == "inherent"
     assert "reason" in none
+
+
+def _planted_surface(one_sided_better=False):
+    """A planted score surface for the independent rule (one interval, 20 instructions).
+
+    Relevance: unsteered 1.0; γ⁺ = 0.02 is the most relevant fluent setting (1.5), 0.04 more
+    relevant still but not fluent. γ⁻ = −0.01 is barely less relevant (wins 0.6); −0.02 is
+    clearly less relevant but every rejected answer opens with an apology (a surface cue);
+    −0.04 is clearly less relevant with no cue; −0.06 too, but harsher. The inherent score
+    prefers every push along the direction, as it does by construction.
+    """
+    plan = {  # γ: (inherent score, nll, relevance)
+        0.0: (0.0, 1.0, 1.0),
+        0.02: (1.0, 1.1, 0.5 if one_sided_better else 1.5),
+        0.04: (2.0, 2.0, 3.0),
+        -0.01: (-0.5, 1.0, None),
+        -0.02: (-1.0, 1.1, 0.2),
+        -0.04: (-2.0, 1.2, 0.3),
+        -0.06: (-3.0, 1.4, -0.5),
+    }
+    topics = ["soup", "bread", "tea", "rice", "eggs"]
+    rows = []
+    for i in range(20):
+        for g, (score, nll, rel) in plan.items():
+            if rel is None:  # −0.01 is less relevant on 12 of 20 only
+                rel = 0.5 if i < 12 else 2.0
+            words = f"here is how to cook {topics[i % 5]} step {i} with care and salt"
+            opener = "I'm sorry," if g == -0.02 else "Well now,"  # as many words either way
+            text = f"{opener} {words} {abs(g)}"
+            rows.append(("13-22", g, i, score, nll, rel, 0.0, 50, True, False, text))
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "interval",
+            "gamma",
+            "index",
+            "score",
+            "nll",
+            "relevance",
+            "repetition",
+            "length",
+            "finished",
+            "degenerate",
+            "text",
+        ],
+    )
+
+
+def test_the_independent_rule_follows_relevance_and_refuses_a_surface_cue():
+    result = summarize_sweep(_planted_surface())
+    cue = result.pairs[(result.pairs["gamma_pos"] == 0.02) & (result.pairs["gamma_neg"] == -0.02)]
+    assert cue["win_independent"].iloc[0] == 1.0 and cue["cue_strength"].iloc[0] == 1.0
+    choice = choose_setting(result, min_win=0.9)
+    assert choice["rule"] == "independent"
+    assert choice["gamma_pos"] == 0.02  # 0.04 is more relevant but not fluent
+    assert choice["gamma_neg"] == -0.04  # −0.01 wins too rarely, −0.02 differs by an apology
+    assert choice["win"] == 1.0 and choice["cue_strength"] < 0.7
+    tried = {t["gamma_neg"]: t for t in choice["rejected_tried"]}
+    assert tried[-0.02]["cue"] in {"apology_opener", "opening 'i'm sorry'", "opening 'well now'"}
+    assert tried[-0.02]["cue_strength"] == 1.0 and tried[-0.01]["win"] == 0.6
+    # the inherent rule on the same surface picks the apology γ⁻: it cannot see the cue
+    assert choose_setting(result, min_win=0.9, rule="inherent")["gamma_neg"] == -0.01
+
+
+def test_the_independent_rule_falls_back_to_one_sided_pairs_or_says_why_not():
+    result = summarize_sweep(_planted_surface(one_sided_better=True))
+    choice = choose_setting(result, min_win=0.9)
+    assert choice["gamma_pos"] == 0.0 and choice["one_sided"]  # steering up lowers relevance
+    assert choice["gamma_neg"] == -0.04
+    from dataclasses import replace
+
+    from icon2_lens.pairs.sweep_rule import SweepConfig
+
+    none = choose_setting(result, replace(SweepConfig(), one_sided=False), min_win=0.9)
+    assert "reason" in none  # no positive γ reads as relevant as the unsteered answer
+    strict = choose_setting(result, min_win=1.1)
+    assert "reason" in strict and strict["candidates"]
+    with pytest.raises(ValueError, match="relevance"):
+        choose_setting(summarize_sweep(_planted_surface().drop(columns="relevance")))
 
 
 @pytest.mark.parametrize("read", ["mean", "last"])
