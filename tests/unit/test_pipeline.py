@@ -72,6 +72,13 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     assert gap["low"] <= gap["value"] <= gap["high"] and gap["n"] == 4
     assert sum(x["n"] for x in ev["per_criterion"].values()) == 4
     assert set(ev["gap_by_direction"]) == {"helpfulness", "honesty"}
+    # the judges that read no direction, trained against base, each with its interval
+    assert set(ev["independent"]) == set(cfg.evaluate.judges)
+    assert "labels" in ev["independent"]["self_pairwise"]["skipped"]  # no A/B in the tiny vocabulary
+    for c in ev["independent"].values():
+        assert "skipped" in c or (
+            c["n"] + c["n_dropped"] == 4 and c["win_rate"]["low"] <= c["win_rate"]["high"]
+        )
     report = (out / "report.md").read_text()
     assert "pending" not in report and "Held-out evaluation" in report
     assert "interval_paired_acc" in report.split("## 2.")[0]  # the directions table renders
@@ -91,6 +98,7 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     }  # too few pairs to check
     assert "skipped" in json.loads((out / "pairs" / "shortcuts.json").read_text())
     assert "(audit/report.md)" in report and "## 7. Audit" in report
+    assert "judges that read no direction" in report
 
 
 def test_config_errors(model_dir, tmp_path):
