@@ -307,15 +307,12 @@ def _choose_inherent(result: SweepResult, config: SweepConfig) -> dict[str, Any]
                 rejected_degenerate=float(neg["degenerate"]),
             )
         options.append(option)
-    complete = [o for o in options if o["gamma_neg"] is not None]
-    if not complete:
-        return {
-            "rule": "inherent",
-            "reason": "no setting met the rule; widen the grid or relax min_win / nll_tolerance",
-            "candidates": options,
-        }
-    complete.sort(key=lambda o: (-o["win"], -o["effect"], o["chosen_nll"]))
-    return complete[0]
+    return _pick(
+        options,
+        "inherent",
+        "no setting met the rule; widen the grid or relax min_win / nll_tolerance",
+        key=lambda o: (-o["win"], -o["effect"], o["chosen_nll"]),
+    )
 
 
 def _choose_independent(result: SweepResult, config: SweepConfig) -> dict[str, Any]:
@@ -377,17 +374,19 @@ def _choose_independent(result: SweepResult, config: SweepConfig) -> dict[str, A
                 rejected_nll=float(neg["nll"]),
             )
         options.append(option)
+    return _pick(
+        options,
+        "independent",
+        "no setting met the independent rule (a γ⁻ whose rejected answers are less relevant in "
+        f"≥ {config.min_win:g} of pairs with no surface cue ≥ {config.max_cue:g}); see the "
+        "candidates, widen the grid, relax --min-win, or choose with --rule inherent",
+        key=lambda o: (-o["win"], -o["chosen_relevance"], o["chosen_nll"]),
+    )
+
+
+def _pick(options: list[dict[str, Any]], rule: str, reason: str, key) -> dict[str, Any]:
+    """The best complete option by ``key``, or the reason and every candidate when none is."""
     complete = [o for o in options if o["gamma_neg"] is not None]
     if not complete:
-        return {
-            "rule": "independent",
-            "reason": (
-                "no setting met the independent rule (a γ⁻ whose rejected answers are less "
-                f"relevant in ≥ {config.min_win:g} of pairs with no surface cue ≥ "
-                f"{config.max_cue:g}); see the candidates, widen the grid, relax --min-win, or "
-                "choose with --rule inherent"
-            ),
-            "candidates": options,
-        }
-    complete.sort(key=lambda o: (-o["win"], -o["chosen_relevance"], o["chosen_nll"]))
-    return complete[0]
+        return {"rule": rule, "reason": reason, "candidates": options}
+    return sorted(complete, key=key)[0]
