@@ -74,7 +74,8 @@ def test_runs_end_to_end_and_resumes(model_dir, tmp_path, monkeypatch):
     assert set(ev["gap_by_direction"]) == {"helpfulness", "honesty"}
     # the judges that read no direction, trained against base, each with its interval
     assert set(ev["independent"]) == set(cfg.evaluate.judges)
-    assert "labels" in ev["independent"]["self_pairwise"]["skipped"]  # no A/B in the tiny vocabulary
+    # the tiny vocabulary has no A/B: the pairwise self-judge is skipped with the reason
+    assert "labels" in ev["independent"]["self_pairwise"]["skipped"]
     for c in ev["independent"].values():
         assert "skipped" in c or (
             c["n"] + c["n_dropped"] == 4 and c["win_rate"]["low"] <= c["win_rate"]["high"]
