@@ -89,7 +89,7 @@ JUDGES: dict[str, JudgeSpec] = {
         JudgeSpec("refusal", RefusalJudge, "nothing", "1 if the opening matches a refusal pattern"),
         *(
             JudgeSpec(name, partial(SurfaceJudge, name), "nothing", f"the answer's {feature}")
-            for name, (feature, _, _) in SURFACE_JUDGES.items()
+            for name, (feature, *_) in SURFACE_JUDGES.items()
         ),
     )
 }

@@ -149,23 +149,27 @@ def feature_aucs(pairs: Sequence[tuple[str, str]], *, min_count: int = 5) -> pd.
     return pd.DataFrame(rows).sort_values("strength", ascending=False, ignore_index=True)
 
 
-#: Surface judge name -> (feature of :func:`surface_features`, sign, description).
-SURFACE_JUDGES: dict[str, tuple[str, float, str]] = {
+#: Surface judge name -> (feature of :func:`surface_features`, sign, offset, description);
+#: the score is ``offset + sign * feature``.
+SURFACE_JUDGES: dict[str, tuple[str, float, float, str]] = {
     "apology": (
         "apology_opener",
         -1.0,
+        1.0,
         '1 if the answer does not open with an apology or inability phrase ("I\'m sorry", '
         '"Unfortunately", "I can\'t", "As an AI", …), else 0; reads the text only',
     ),
     "repetition": (
         "repetition",
         -1.0,
+        0.0,
         "minus the share of the answer's word 3-grams that repeat an earlier one; reads the text "
         "only; higher = less repetitive",
     ),
     "length": (
         "n_words",
         1.0,
+        0.0,
         "the answer's number of words; reads the text only; a reading, not a quality "
         "(higher = longer)",
     ),
@@ -190,12 +194,12 @@ class SurfaceJudge:
                 f"unknown surface judge {name!r}; use one of {', '.join(SURFACE_JUDGES)}"
             )
         self.name = name
-        self.feature, self.sign, self.description = SURFACE_JUDGES[name]
+        self.feature, self.sign, self.offset, self.description = SURFACE_JUDGES[name]
 
     def score(self, instructions: Sequence[str], responses: Sequence[str]) -> Scores:
         if check_lengths(instructions, responses) == 0:
             return np.empty(0)
         values = surface_features(responses)[self.feature].to_numpy(dtype=np.float64)
-        out = values * self.sign + (1.0 if self.name == "apology" else 0.0)
+        out = self.offset + self.sign * values
         out[[i for i, r in enumerate(responses) if not r.strip()]] = np.nan
         return out
