@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config_json"
 PRESETS = {
     "default": RunConfig,
     "experiment-small": ExperimentConfig,
+    "experiment-medium": ExperimentConfig,
     "experiment-large": ExperimentConfig,
 }
 
