@@ -228,9 +228,16 @@ def parse_layer_spec(spec: str, none_word: str | None = None) -> tuple[int, ...]
             part = part.strip()
             lo, sep, hi = part.partition("-") if not part.startswith("-") else ("", "", "")
             if sep and lo:
+                if int(hi) < int(lo):
+                    raise ConfigError(
+                        f"the layer range {part!r} runs backwards",
+                        f"write the lower layer first: '{int(hi)}-{int(lo)}'",
+                    )
                 out.extend(range(int(lo), int(hi) + 1))
             else:
                 out.append(int(part))
+    except ConfigError:
+        raise
     except ValueError:
         words = f" or {none_word!r}" if none_word else ""
         raise ConfigError(
@@ -397,6 +404,9 @@ def build(cls: type, kwargs: Mapping[str, Any], *, what: str = "", fix: str) -> 
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
+        what_fix = str(e).split("; ", 1)  # the library's own "what; how to fix it" wins
+        if len(what_fix) == 2:
+            raise ConfigError(f"{what}{what_fix[0]}", what_fix[1]) from e
         raise ConfigError(f"{what}{e}", fix) from e
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "write_jsonl",
     "append_jsonl",
     "read_jsonl",
+    "read_utf8",
     "safetensors_bytes",
     "read_saved_config",
     "read_safetensors",
@@ -209,6 +210,10 @@ def read_saved_config(
             f"{str(p)!r} is not a saved {what}: it needs {cfg_file} and {weights_file}{missing_hint}"
         )
     cfg = read_json(cfg_path)
+    if not isinstance(cfg, dict):
+        raise ValueError(
+            f"{cfg_path} holds a JSON {type(cfg).__name__}, not an object; the file is damaged. {fix}"
+        )
     if cfg.get("format") != fmt:
         raise ValueError(f"{cfg_path} is not an icon2_lens {what} (format={cfg.get('format')!r})")
     if cfg.get("format_version") != version:
@@ -292,3 +297,24 @@ def check_settings(
                 f"{', '.join(diff)}); {fix}"
             )
     write_json(dict(want), path)
+
+
+def read_utf8(path: str | Path) -> str:
+    """The text of a UTF-8 file; one that is not UTF-8 raises a ``ValueError`` naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "x.txt"
+        >>> _ = p.write_bytes(b"caf\\xe9")
+        >>> read_utf8(p)
+        Traceback (most recent call last):
+        ...
+        ValueError: .../x.txt is not UTF-8 text (byte 3 cannot be decoded); save it as UTF-8
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
+        ) from None

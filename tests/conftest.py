@@ -57,7 +57,13 @@ def _tiny_experiment_config(model_dir, **over):
         },
         "synthesize": {"n": 96, "max_new_tokens": 10, "batch_size": 16},
         "filter": {"fraction": 1.0},
-        "pairs": {"layers": "0-2", "gamma_pos": 2.0, "gamma_neg": -2.0, "max_new_tokens": 8},
+        "pairs": {
+            "layers": "0-2",
+            "gamma_pos": 2.0,  # a random tiny model needs strong pushes
+            "gamma_neg": -2.0,
+            "allow_any_gamma": True,
+            "max_new_tokens": 8,
+        },
         "baselines": {"n_samples": 3, "max_new_tokens": 8, "temperature": 1.0},
         "dpo": {"per_device_train_batch_size": 2, "max_length": 64, "learning_rate": 1e-3},
         "alignez": {

@@ -17,6 +17,7 @@ May import: every other subpackage (nothing imports this one).
 
 import argparse
 import logging
+import re
 import sys
 from importlib import import_module
 
@@ -86,15 +87,34 @@ def _one_line(error: BaseException) -> str:
         text = f"{error.strerror or text}: {error.filename} — check the path and its permissions"
     elif isinstance(error, FileNotFoundError):
         text = f"{error.filename or text} does not exist — check the path"
-    elif " — " not in text and "; " in text:  # the library's "what; how to fix it"
-        text = text.replace("; ", " — ", 1)
+    elif " — " not in text:
+        text = _dash_fix(text)
     return f"error: {text}"
+
+
+#: Verbs a library message's fix starts with after a colon ("…: pass the output directory …").
+_FIX_VERBS = re.compile(
+    r": (?=(?:pass|use|check|choose|shorten|lower|raise|run|re-run|delete|extract|set|name|give|"
+    r"fill|drop|remove|write|add|fix|make|convert|install|allow|rename|move|select|keep)\b)"
+)
+
+
+def _dash_fix(text: str) -> str:
+    """The library's "what; how to fix it" (or "what: <verb> …") as "what — how to fix it"."""
+    if "; " in text:
+        return text.replace("; ", " — ", 1)
+    found = list(_FIX_VERBS.finditer(text))
+    if found:
+        at = found[-1]
+        return text[: at.start()] + " — " + text[at.end() :]
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``icon2-lens`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -117,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        sys.stderr.write("error: interrupted — run the same command again to resume\n")
+        out = getattr(args, "out", None)
+        kept = f"what is finished in {out} is kept; " if out else ""
+        sys.stderr.write(f"error: interrupted — {kept}run the same command again to resume\n")
         return 130
     except (ConfigError, ValueError, KeyError, OSError) as e:
         if debug:

@@ -13,7 +13,15 @@ from icon2_lens.instructions.builtin import load_instructions, read_instruction_
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.generate import Decoding, generate
 
-from ._common import Parser, Result, add_model, add_run_options, load, out_dir
+from ._common import (
+    Parser,
+    Result,
+    add_model,
+    add_run_options,
+    check_writable,
+    load,
+    out_dir,
+)
 
 __all__ = ["register", "run"]
 
@@ -108,6 +116,9 @@ def _generate(args) -> Result:
             f"--out must be a .jsonl file, got {out}",
             "name the output e.g. runs/alignez_answers.jsonl",
         )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory", "name a .jsonl file")
+    check_writable(out.parent, flag="--out")
     instructions = _texts(args.instructions, "heldout", args.n)
     model = load(args.model)
     edit = load_alignez(args.edit, model)

@@ -11,7 +11,7 @@ from icon2_lens.evaluate.judging import (
     read_eval_records,
     results_frame,
 )
-from icon2_lens.evaluate.systems import SystemSpec, parse_system
+from icon2_lens.evaluate.systems import SystemSpec, check_system, parse_system
 from icon2_lens.judge.registry import make_judge
 from icon2_lens.model.generate import Decoding
 from icon2_lens.model.hooks import parse_layers
@@ -71,6 +71,8 @@ def _systems(texts: list[str]) -> list[SystemSpec]:
     for text in texts:
         name, sep, spec = text.partition("=")
         systems.append(parse_system(spec, name) if sep and ":" not in name else parse_system(text))
+    for system in systems:
+        check_system(system)
     return systems
 
 
@@ -79,7 +81,16 @@ def run(args) -> Result:
     systems = _systems(args.system)
     records = read_eval_records(args.instructions, config.n_benign, config.n_harmful)
     out = out_dir(args.out)
+    if args.directions and not Path(args.directions).is_dir():
+        raise ConfigError(
+            f"--directions {args.directions} is not a directory",
+            "pass the output folder of 'icon2-lens extract'",
+        )
     model = load(args.model)
+    for system in systems:  # steering systems fit this model: checked before anything answers
+        if system.kind == "steer":
+            load_extraction(system.path, model=model)
+            parse_layers(system.layers, model.cfg.n_layers)
     sets = layers = None
     if args.directions:
         sets, intervals = load_extraction(args.directions, model=model)

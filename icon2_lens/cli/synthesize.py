@@ -10,7 +10,14 @@ from icon2_lens.instructions.synthesize import (
     write_synthesis,
 )
 
-from ._common import Result, add_config_option, add_model, add_run_options, load
+from ._common import (
+    Result,
+    add_config_option,
+    add_model,
+    add_run_options,
+    check_writable,
+    load,
+)
 
 __all__ = ["register", "run", "CONFIG_CLASSES"]
 
@@ -41,6 +48,9 @@ def run(args) -> Result:
             f"--out must be a .jsonl file, got {out}",
             "name the output e.g. runs/instructions.jsonl",
         )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory", "name a .jsonl file")
+    check_writable(out.parent, flag="--out")
     config = from_args(SynthesisConfig, args)
     model = load(args.model)
     raw_path, report_path = out.with_suffix(".raw.jsonl"), out.with_suffix(".report.json")

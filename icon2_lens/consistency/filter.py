@@ -152,8 +152,16 @@ def read_kept(path: str | Path) -> list[KeptInstruction]:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(
-                f"{path}:{n}: expected 'index', 'instruction' and 'criterion' ({e})"
+                f"{path}:{n}: expected 'index', 'instruction' and 'criterion' ({e}); fix that line"
             ) from e
+        if not out[-1].instruction.strip():
+            raise ValueError(f"{path}:{n}: the instruction is empty; drop that line or fill it")
+    indices = [k.index for k in out]
+    if len(set(indices)) != len(indices):
+        raise ValueError(
+            f"{path} lists index {next(i for i in indices if indices.count(i) > 1)} twice; pairs "
+            "and resume key on it, so give every instruction its own index"
+        )
     return out
 
 

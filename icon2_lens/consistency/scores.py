@@ -108,6 +108,16 @@ class ConsistencyScores:
     scores: Float[Tensor, "n criterion"]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        bad = ~torch.isfinite(self.scores)
+        if bool(bad.any()):
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"{int(bad.sum())} consistency score(s) are not finite (first: instruction {row}, "
+                f"criterion {self.criteria[col]!r}), so a ranking would be arbitrary; check the "
+                "direction sets (load them with load_direction_set) and the model's activations"
+            )
+
     @property
     def best(self) -> Float[Tensor, " n"]:
         """Consistency of each instruction: the max over criteria."""

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from icon2_lens._files import read_utf8
+
 __all__ = ["Criterion", "BUILTIN_CRITERIA", "get_criteria", "load_criteria_file"]
 
 
@@ -130,7 +132,7 @@ def load_criteria_file(path: str | Path) -> list[Criterion]:
             f"criteria file {str(path)!r} does not exist; check the path (a .toml or .json file of "
             "[[criteria]] with name, positive, negative)"
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)

@@ -135,7 +135,7 @@ def load_extraction(
     root = Path(path)
     if not root.is_dir():
         raise ValueError(
-            f"{root} is not a directory: pass the output directory of 'icon2-lens extract'"
+            f"{root} is not a directory; pass the output directory of 'icon2-lens extract'"
         )
     found = sorted(p.parent.name for p in root.glob(f"*/{DIAGNOSTICS_FILE}"))
     names = list(criteria) if criteria else found
@@ -148,6 +148,22 @@ def load_extraction(
     sets, intervals = {}, {}
     for name in names:
         sets[name] = load_direction_set(root / name, model=model)
-        lo, hi = read_json(root / name / DIAGNOSTICS_FILE)["interval"]
-        intervals[name] = list(range(int(lo), int(hi) + 1))
+        intervals[name] = _interval(root / name / DIAGNOSTICS_FILE)
     return sets, intervals
+
+
+def _interval(path: Path) -> list[int]:
+    """The recommended interval recorded in a criterion's diagnostics file, checked."""
+    diag = read_json(path)
+    interval = diag.get("interval") if isinstance(diag, dict) else None
+    if (
+        not isinstance(interval, list)
+        or len(interval) != 2
+        or not all(isinstance(x, int) for x in interval)
+        or interval[0] > interval[1]
+    ):
+        raise ValueError(
+            f"{path} records no valid 'interval' [first, last] layer; the file is damaged: "
+            "extract the directions again"
+        )
+    return list(range(interval[0], interval[1] + 1))

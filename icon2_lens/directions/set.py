@@ -17,7 +17,7 @@ Example:
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ FORMAT = "icon2_lens.directions"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "directions.safetensors"
 CFG_FILE = "cfg.json"
+#: How far from 1 a saved vector's norm may be (float32 rounding is far below it).
+UNIT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +128,16 @@ class DirectionSet:
     def stat(self, name: str) -> list[float]:
         """One per-layer statistic as a list (``scale``, ``mean_resid_norm``, ...)."""
         if not self.stats:
-            raise KeyError("this direction set has no per-layer statistics")
+            raise KeyError(
+                f"the {self.criterion!r} direction set has no per-layer statistics (needed: "
+                f"{name}); extract it with 'icon2-lens extract', or steer with unit='absolute'"
+            )
+        missing = [layer for layer, s in zip(self.layers, self.stats) if name not in s]
+        if missing:
+            raise KeyError(
+                f"the {self.criterion!r} direction set records no {name!r} for layers {missing}; "
+                "extract it again with 'icon2-lens extract', or steer with unit='absolute'"
+            )
         return [float(s[name]) for s in self.stats]
 
     def subset(self, layers: list[int]) -> "DirectionSet":
@@ -242,6 +253,7 @@ def load_direction_set(
         raise ValueError(
             f"{weights_path}: vectors have width {vectors.shape[1]}, cfg says {cfg['d_model']}"
         )
+    check_unit_vectors(vectors, layers, where=str(weights_path))
     per_layer = cfg.get("per_layer", {})
     stats = tuple(per_layer[n] for n in names) if per_layer else ()
     skip = {
@@ -272,6 +284,36 @@ def load_direction_set(
             ds, model, check_fingerprint=check_fingerprint, source=str(cfg_path.parent)
         )
     return ds
+
+
+def check_unit_vectors(
+    vectors: Float[Tensor, "layer d_model"], layers: Sequence[int], *, where: str
+) -> None:
+    """Raise a ``ValueError`` unless every vector is finite and of unit norm (a saved set's promise).
+
+    A NaN component would make every consistency score NaN and a vector of norm 1000 would steer
+    a thousand times harder than asked, so a damaged file is refused, never used.
+
+    Example:
+        >>> check_unit_vectors(torch.eye(2), [0, 1], where="x")
+        >>> check_unit_vectors(2 * torch.eye(2), [0, 1], where="x")
+        Traceback (most recent call last):
+        ...
+        ValueError: x: the vector of layer 0 has norm 2 where a unit vector is expected; the file is damaged or was not written by icon2-lens: extract the directions again
+    """
+    fix = "extract the directions again"
+    for layer, v in zip(layers, vectors):
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(
+                f"{where}: the vector of layer {layer} is not finite (NaN or inf); the file is "
+                f"damaged: {fix}"
+            )
+        norm = float(v.norm())
+        if abs(norm - 1.0) > UNIT_TOLERANCE:
+            raise ValueError(
+                f"{where}: the vector of layer {layer} has norm {norm:.4g} where a unit vector is "
+                f"expected; the file is damaged or was not written by icon2-lens: {fix}"
+            )
 
 
 def check_compatible(

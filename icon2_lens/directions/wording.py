@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from icon2_lens._files import read_utf8
 from icon2_lens._types import LayerActs, LensModel
 
 from .contrast import contrast_activations
@@ -143,9 +144,9 @@ def load_wordings_file(path: str | Path) -> dict[str, tuple[Wording, ...]]:
         )
     try:
         if path.suffix.lower() == ".toml":
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_utf8(path))
         elif path.suffix.lower() == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_utf8(path))
         else:
             raise ValueError(f"wordings file {str(path)!r} must end in .toml or .json")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icon2_lens._config import parse_layer_spec
 from icon2_lens._files import read_jsonl, write_jsonl
 from icon2_lens._types import LensModel
 from icon2_lens.alignez.apply import generate_alignez
@@ -39,7 +40,7 @@ from icon2_lens.model.generate import Decoding, generate
 from icon2_lens.model.hooks import parse_layers
 from icon2_lens.model.load import load_model
 
-__all__ = ["SystemSpec", "parse_system", "answer_instructions"]
+__all__ = ["SystemSpec", "parse_system", "check_system", "answer_instructions", "SYSTEM_KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +72,58 @@ def parse_system(text: str, name: str | None = None) -> SystemSpec:
     if text == "base":
         return SystemSpec(name or "base", "base")
     kind, sep, rest = text.partition(":")
-    if not sep or kind not in ("model", "alignez", "steer"):
+    if sep and kind.isalpha() and kind not in SYSTEM_KINDS:
+        raise ValueError(
+            f"unknown system kind {kind!r} in {text!r}; use base, model:PATH, "
+            "alignez:DIR[@STRENGTH] or steer:DIR@GAMMA@LAYERS"
+        )
+    if not sep or kind not in SYSTEM_KINDS:
         return SystemSpec(name or Path(text).name or text, "model", text)
     if kind == "model":
         return SystemSpec(name or "model", "model", rest)
     parts = rest.split("@")
     try:
         strength = float(parts[1]) if len(parts) > 1 else None
-    except ValueError as e:
-        raise ValueError(f"{text!r}: the value after '@' must be a number") from e
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: the value after '@' must be a number, got {parts[1]!r}; write e.g. "
+            f"{kind}:DIR@0.02"
+        ) from None
     if strength is not None and not math.isfinite(strength):
-        raise ValueError(f"{text!r}: the strength must be finite")
+        raise ValueError(f"{text!r}: the strength must be finite; give a number such as 0.5")
     if kind == "alignez":
         return SystemSpec(name or "alignez", "alignez", parts[0], strength)
-    if len(parts) != 3:
+    if len(parts) != 3 or strength is None:
         raise ValueError(
-            f"{text!r}: use steer:DIR@GAMMA@LAYERS, e.g. steer:runs/x/extract@0.02@13-22"
+            f"{text!r} is not a steering system; use steer:DIR@GAMMA@LAYERS, e.g. "
+            "steer:runs/x/extract@0.02@13-22"
         )
+    parse_layer_spec(parts[2])  # the text must read; the model's range is checked on use
     return SystemSpec(name or "steer", "steer", parts[0], strength, parts[2])
+
+
+#: The kinds of system :func:`parse_system` reads (besides ``base`` and a bare model path).
+SYSTEM_KINDS = ("model", "alignez", "steer")
+
+
+def check_system(spec: SystemSpec) -> None:
+    """Check what a system needs on disk before any answer is generated (for every system).
+
+    Raises:
+        ValueError: A steering or AlignEZ folder that does not exist, or a model path that
+            looks local (it starts with ``.``, ``/`` or ``~``) and does not exist.
+    """
+    if spec.kind in ("steer", "alignez") and not Path(str(spec.path)).is_dir():
+        made_by = "icon2-lens extract" if spec.kind == "steer" else "icon2-lens alignez"
+        raise ValueError(
+            f"system {spec.name!r}: {spec.path!r} is not a directory; pass the output folder of "
+            f"'{made_by}'"
+        )
+    if spec.kind == "model" and str(spec.path).startswith((".", "/", "~")):
+        if not Path(str(spec.path)).expanduser().is_dir():
+            raise ValueError(
+                f"system {spec.name!r}: model directory {spec.path!r} does not exist; check the path"
+            )
 
 
 def _generations(

@@ -12,6 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from icon2_lens._files import read_utf8
+
 __all__ = ["load_eval_instructions", "load_instructions", "read_instruction_file"]
 
 EVAL_KINDS = ("benign", "harmful")
@@ -118,13 +120,18 @@ def read_instruction_file(path: str | Path) -> list[str]:
         ValueError: Missing file, malformed line (with its line number), or no instructions.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"instructions file {str(path)!r} is a directory; pass a file (a .txt file with one "
+            "instruction per line, or .jsonl with an 'instruction' field)"
+        )
     if not path.is_file():
         raise ValueError(
             f"instructions file {str(path)!r} does not exist; check the path (a .txt file with one "
             "instruction per line, or .jsonl with an 'instruction' field)"
         )
     out: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         if path.suffix.lower() == ".jsonl":

@@ -56,6 +56,8 @@ __all__ = [
     "DEFAULT_GAMMA_NEG",
     "DEFAULT_LAYERS",
     "orthogonalize_sets",
+    "check_gamma_signs",
+    "MAX_RELATIVE_GAMMA",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,12 +127,19 @@ class PairConfig:
     max_gate_drop: float = option(
         0.5, help="surface gate: the largest share of the pairs it may leave out"
     )
+    allow_any_gamma: bool = option(
+        False,
+        help="accept any γ pair (γ⁺ < 0, γ⁻ ≥ 0, relative |γ| > 1): for experiments on inverted "
+        "or one-sign pairs; by default γ⁺ ≥ 0 > γ⁻ (γ⁺ = 0: the unsteered answer is chosen)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("gamma_pos", "gamma_neg"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not self.allow_any_gamma:
+            check_gamma_signs(self.gamma_pos, self.gamma_neg, self.unit)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.5 < self.max_cue <= 1:
@@ -165,7 +174,47 @@ class PairConfig:
             "max_repetition": self.max_repetition,
             # recorded only when used, so pairs made before the option keep their settings
             **({"orthogonalize": list(self.orthogonalize)} if self.orthogonalize else {}),
+            **({"allow_any_gamma": True} if self.allow_any_gamma else {}),
         }
+
+
+#: The largest |γ| in relative units accepted without ``allow_any_gamma``: a push of one whole
+#: mean residual norm already turns a small model's answers into noise.
+MAX_RELATIVE_GAMMA = 1.0
+
+
+def check_gamma_signs(gamma_pos: float, gamma_neg: float, unit: str = "relative") -> None:
+    """Refuse a γ pair that would make inverted or meaningless pairs (see ``allow_any_gamma``).
+
+    The chosen answer is pushed along the criterion (γ⁺ > 0) or left unsteered (γ⁺ = 0,
+    one-sided pairs); the rejected one is pushed against it (γ⁻ < 0). A forgotten minus sign
+    would otherwise write pairs that teach DPO the opposite of the criterion.
+
+    Example:
+        >>> check_gamma_signs(0.02, -0.02)
+        >>> check_gamma_signs(0.02, 0.04)
+        Traceback (most recent call last):
+        ...
+        ValueError: gamma_neg must be negative (the rejected answer is pushed against the criterion), got 0.04; pass a negative value such as -0.02, or allow_any_gamma (--allow-any-gamma) for pairs steered another way
+    """
+    tail = "or allow_any_gamma (--allow-any-gamma) for pairs steered another way"
+    if not gamma_neg < 0:
+        raise ValueError(
+            "gamma_neg must be negative (the rejected answer is pushed against the criterion), "
+            f"got {gamma_neg:g}; pass a negative value such as -0.02, {tail}"
+        )
+    if not gamma_pos >= 0:
+        raise ValueError(
+            "gamma_pos must be positive, or 0 for the unsteered answer (the chosen answer is "
+            f"pushed along the criterion), got {gamma_pos:g}; pass a value such as 0.02, {tail}"
+        )
+    big = [g for g in (gamma_pos, gamma_neg) if abs(g) > MAX_RELATIVE_GAMMA]
+    if unit == "relative" and big:
+        raise ValueError(
+            f"|γ| = {abs(big[0]):g} is more than {MAX_RELATIVE_GAMMA:g} mean residual norm "
+            "(relative units): such answers are noise; use the sweep's range (|γ| ≈ 0.005-0.1), "
+            "or --allow-any-gamma (allow_any_gamma) to try it anyway"
+        )
 
 
 def _resolve_layers(

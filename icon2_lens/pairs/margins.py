@@ -5,6 +5,7 @@ Example:
     {'n': 0}
 """
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,8 @@ from icon2_lens.directions.set import DirectionSet
 from icon2_lens.judge.reading import score_responses
 
 __all__ = ["pair_margins"]
+
+log = logging.getLogger(__name__)
 
 
 def pair_margins(
@@ -45,9 +48,17 @@ def pair_margins(
         progress=progress,
     )
     gap = a["projection"] - b["projection"]
+    above = float((gap > 0).float().mean())
+    if above < 0.5:
+        log.warning(
+            "ONLY %.0f%% OF THE PAIRS READ CHOSEN ABOVE REJECTED along their own direction: the "
+            "pairs may be inverted (check the signs of γ⁺ and γ⁻ and the direction sets) and DPO "
+            "would learn the opposite of the criterion",
+            100 * above,
+        )
     return {
         "n": len(records),
-        "chosen_above_rejected": float((gap > 0).float().mean()),
+        "chosen_above_rejected": above,
         "mean_gap": float(gap.mean()),
         "chosen_nll": float(a["nll"].nanmean()),
         "rejected_nll": float(b["nll"].nanmean()),

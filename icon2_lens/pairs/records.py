@@ -23,6 +23,7 @@ Example:
 """
 
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -31,9 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from icon2_lens._files import read_utf8
 from icon2_lens.consistency.filter import KeptInstruction
 from icon2_lens.judge.rules import degeneracy
 from icon2_lens.model.generate import Generation
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "answer_pairs",
@@ -48,6 +52,8 @@ __all__ = [
     "pair_counts",
     "read_pairs",
     "validate_pairs",
+    "check_pair_hygiene",
+    "MAX_BAD_PAIR_SHARE",
 ]
 
 PAIR_FIELDS: tuple[str, str, str] = ("prompt", "chosen", "rejected")
@@ -167,11 +173,16 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
         True
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; pass the pairs.jsonl file inside it")
+    if not path.is_file():
+        raise ValueError(
+            f"{path} does not exist; pass the pairs.jsonl that 'icon2-lens pairs' wrote"
+        )
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                records.append(_parse_line(line, path, lineno))
+    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if line.strip():
+            records.append(_parse_line(line, path, lineno))
     if not records:
         raise ValueError(
             f"{path} holds no preference records (it is empty or only blank lines); pass the "
@@ -228,7 +239,64 @@ def validate_pairs(records: Sequence[Mapping[str, Any]]) -> PairFormat:
                 "from the first record only, so convert all records to one format (message lists "
                 "for chat models, strings for base models)"
             )
+    check_pair_hygiene(records)
     return first
+
+
+#: The largest share of records that may be duplicates or have chosen == rejected (warned below).
+MAX_BAD_PAIR_SHARE = 0.05
+
+
+def check_pair_hygiene(
+    records: Sequence[Mapping[str, Any]], *, max_share: float = MAX_BAD_PAIR_SHARE
+) -> dict[str, int]:
+    """Count repeated (prompt, chosen, rejected) triples and records whose chosen equals rejected.
+
+    A repeated triple weighs one preference several times; chosen == rejected has a DPO loss of
+    log 2 and a zero gradient whatever the model does, so both only pretend to be data. A few are
+    logged as a warning; above ``max_share`` of the records they are refused.
+
+    Returns:
+        ``{"duplicates": n, "identical": n}`` (a record repeated k times counts k - 1).
+
+    Raises:
+        ValueError: Either count exceeds ``max_share`` of the records.
+
+    Example:
+        >>> rec = {"prompt": "p", "chosen": "a", "rejected": "b"}
+        >>> check_pair_hygiene([rec, {**rec, "prompt": "q"}])
+        {'duplicates': 0, 'identical': 0}
+        >>> check_pair_hygiene([rec] * 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: 3 of 4 preference records repeat an earlier (prompt, chosen, rejected) triple (more than 5%); drop the duplicates (they weigh one preference several times)
+    """
+    keys = [json.dumps([r.get(k) for k in PAIR_FIELDS], sort_keys=True) for r in records]
+    counts = {
+        "duplicates": len(keys) - len(set(keys)),
+        "identical": sum(
+            json.dumps(r.get("chosen"), sort_keys=True)
+            == json.dumps(r.get("rejected"), sort_keys=True)
+            for r in records
+        ),
+    }
+    n = len(records)
+    what = {
+        "duplicates": "repeat an earlier (prompt, chosen, rejected) triple",
+        "identical": "have chosen == rejected",
+    }
+    fix = {
+        "duplicates": "drop the duplicates (they weigh one preference several times)",
+        "identical": "drop them (their DPO gradient is zero: they teach nothing)",
+    }
+    for key, k in counts.items():
+        if k and k > max_share * n:
+            raise ValueError(
+                f"{k} of {n} preference records {what[key]} (more than {max_share:.0%}); {fix[key]}"
+            )
+        if k:
+            log.warning("%d of %d preference records %s; %s", k, n, what[key], fix[key])
+    return counts
 
 
 def _record_format(record: Mapping[str, Any], i: int) -> PairFormat:

@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from icon2_lens._config import documented, option
+from icon2_lens._config import documented, option, parse_layer_spec
 from icon2_lens.judge.surface import feature_aucs
 
 __all__ = ["SweepConfig", "SweepResult", "summarize_sweep", "choose_setting"]
@@ -110,8 +110,17 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.gammas or not all(np.isfinite(g) for g in self.gammas):
             raise ValueError(f"the γ grid must be non-empty and finite, got {self.gammas}")
+        if not any(g < 0 for g in self.gammas):
+            raise ValueError(
+                f"the γ grid {list(self.gammas)} has no negative value, so no rejected answer can "
+                "be made; add one or more, e.g. --gammas=-0.04,-0.02,0.02,0.04"
+            )
         if not self.intervals:
             raise ValueError("name at least one layer interval")
+        for spec in self.intervals:
+            parse_layer_spec(
+                spec
+            )  # the text must read; the model's range is checked where it is known
         if self.n_instructions < 1 or self.batch_rows < 1 or self.max_new_tokens < 1:
             raise ValueError("n_instructions, batch_rows and max_new_tokens must be at least 1")
 

@@ -55,7 +55,7 @@ from icon2_lens._config import (
     to_dict,
     unknown_key,
 )
-from icon2_lens._files import read_json, settings_differences, write_json
+from icon2_lens._files import read_json, read_utf8, settings_differences, write_json
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.audit.config import AuditConfig
 from icon2_lens.consistency.filter import FilterConfig
@@ -64,6 +64,7 @@ from icon2_lens.dpo.settings import DPOSettings
 from icon2_lens.evaluate.judging import EvalConfig
 from icon2_lens.instructions.synthesize import SynthesisConfig
 from icon2_lens.judge.registry import INDEPENDENT_JUDGES, JUDGES
+from icon2_lens.model.hooks import normalize_layers
 from icon2_lens.model.load import DEFAULT_MODEL
 from icon2_lens.pairs.baselines import SOURCES
 from icon2_lens.pairs.common import BaselineConfig
@@ -240,6 +241,35 @@ class _Tree:
         """Every value, sections as nested dicts (what ``config.json`` holds)."""
         return to_dict(self)
 
+    def check_model(self, n_layers: int) -> None:
+        """Check every layer selection of every section against a model of ``n_layers`` blocks.
+
+        Runs once the model is loaded and before any stage works, so a layer a 3-block model
+        lacks is reported at once rather than after the stages before the one that uses it.
+
+        Raises:
+            ConfigError: A selection names a layer outside ``0..n_layers-1`` (or ``-n..-1``).
+        """
+        for f in config_fields(type(self)):
+            if not _is_section(type(self), f.name):
+                continue
+            section = getattr(self, f.name)
+            for key in LAYER_FIELDS:
+                layers = getattr(section, key, None)
+                if not isinstance(layers, (tuple, list)):  # None (all) or a word ("control")
+                    continue
+                try:
+                    normalize_layers(list(layers), n_layers)
+                except ValueError as e:
+                    raise ConfigError(
+                        f"{f.name}.{key}: {e}",
+                        f"choose layers of this {n_layers}-layer model (0..{n_layers - 1}) in [{f.name}]",
+                    ) from None
+
+
+#: The settings that name layers of the model (checked by :meth:`_Tree.check_model`).
+LAYER_FIELDS = ("layers", "candidate_layers")
+
 
 _SEED_DEFAULT = next(f.default for f in dataclasses.fields(_Tree) if f.name == "seed")
 
@@ -294,7 +324,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             "pass an existing TOML file (the presets are in configs/)",
         )
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(read_utf8(p))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
             f"{p}: not valid TOML ({e})", "fix the file (see configs/default.toml)"
@@ -318,11 +348,14 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_run_dir(out: str | Path, cfg: Any) -> None:
+def check_run_dir(out: str | Path, cfg: Any, *, record: bool = True) -> None:
     """Record ``cfg`` in ``out/config.json``, or refuse a folder whose recorded configuration differs.
 
     The recorded file is read back through the same settings classes (keys it lacks take their
-    defaults), so a folder written before a setting existed still resumes.
+    defaults), so a folder written before a setting existed still resumes. With
+    ``record=False`` nothing is written: a run checks its folder this way before it loads the
+    model and records its configuration only once every check has passed, so a failed start
+    never leaves a ``config.json`` that refuses the corrected configuration.
 
     Raises:
         ConfigError: ``out`` is a file, or holds a run made with another configuration.
@@ -330,6 +363,11 @@ def check_run_dir(out: str | Path, cfg: Any) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file", "pass a directory for --out")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out} lies below the file {parent}", "pass a directory")
+            break
     path = out / CONFIG_FILE
     if path.is_file():
         try:
@@ -347,8 +385,9 @@ def check_run_dir(out: str | Path, cfg: Any) -> None:
                 "choose another --out or delete it",
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(to_dict(cfg), path)
+    if record:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(to_dict(cfg), path)
 
 
 def recorded_config(out: str | Path, cls: type) -> Any:

@@ -211,10 +211,12 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment described by ``cfg`` into ``out``; returns the evaluation."""
     out = Path(out)
-    check_run_dir(out, cfg)
+    check_run_dir(out, cfg, record=False)  # refuse another experiment's folder before loading
     costs = _Costs(out / "costs.json")
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model)
+    cfg.check_model(int(model.cfg.n_layers))
+    check_run_dir(out, cfg)
     base_dir = model_source(model)
     ex = cfg.experiment
     with torch.no_grad():

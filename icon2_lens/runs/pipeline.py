@@ -67,11 +67,14 @@ def run_pipeline(
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"unknown stage {stop_after!r}; use one of {', '.join(STAGES)}")
     out = Path(out)
+    check_run_dir(out, cfg, record=False)  # refuse another run's folder before loading anything
+    torch.manual_seed(cfg.seed)
+    model = load_model(cfg.model)
+    cfg.check_model(int(model.cfg.n_layers))
     check_run_dir(out, cfg)
     timings_path = out / "timings.json"
     timings: dict[str, float] = read_marker(timings_path) or {}
     summary: dict[str, Any] = {"config": cfg.to_dict()}
-    torch.manual_seed(cfg.seed)
     upto = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
 
     def timed(name: str, fn, *args, **kw):
@@ -81,7 +84,6 @@ def run_pipeline(
         write_json(timings, timings_path)
         return res
 
-    model = load_model(cfg.model)
     with torch.no_grad():
         sets, intervals = timed(
             "extract", stage_extract, model, cfg.extract, out / "extract", progress=progress

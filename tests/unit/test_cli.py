@@ -178,6 +178,7 @@ def test_run_command_on_a_tiny_config(tmp_path, tiny_dir, capsys):
     toml = tmp_path / "run.toml"
     toml.write_text(
         f'model = "{tiny_dir}"\n[extract]\ncriteria = ["honesty"]\nn_instructions = 4\nn_heldout = 2\n'
+        '[pairs]\nlayers = "1-2"\n'  # the default 13-22 is not in a 3-layer model
     )
     out = tmp_path / "run"
     capsys.readouterr()

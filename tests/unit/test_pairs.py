@@ -134,6 +134,7 @@ def test_identical_and_degenerate_outputs_are_dropped_and_counted(tiny):
     cfg = PairConfig(
         gamma_pos=0.0,
         gamma_neg=0.0,
+        allow_any_gamma=True,  # γ = 0 on both sides: every pair is identical
         layers=(0, 1),
         max_new_tokens=8,
         do_sample=True,

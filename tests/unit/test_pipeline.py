@@ -20,7 +20,8 @@ def _cfg(model_dir, **over):
         filter={"fraction": 1.0},
         pairs={
             "layers": "0-2",
-            "gamma_pos": 2.0,
+            "gamma_pos": 2.0,  # a random tiny model needs strong pushes
+            "allow_any_gamma": True,
             "gamma_neg": -2.0,
             "max_new_tokens": 8,
             "do_sample": True,
