@@ -9,7 +9,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icon2_lens._files import read_safetensors, read_saved_config, safetensors_bytes, write_json
+from icon2_lens._files import (
+    read_safetensors,
+    read_saved_config,
+    safetensors_bytes,
+    write_bytes,
+    write_json,
+)
 from icon2_lens._types import LensModel
 from icon2_lens.model.hooks import resid_hook_name
 from icon2_lens.model.load import check_fits, package_versions
@@ -171,9 +177,7 @@ class AlignEZEdit:
             "site": SITE,
             "layers": ",".join(map(str, self.layers)),
         }
-        tmp = out / (WEIGHTS_FILE + ".tmp")
-        tmp.write_bytes(safetensors_bytes(tensors, header))
-        tmp.replace(out / WEIGHTS_FILE)
+        write_bytes(out / WEIGHTS_FILE, safetensors_bytes(tensors, header))
         tau, push = self.tau(), self.push()
         cfg = {
             "format": FORMAT,

@@ -11,24 +11,35 @@ Files written into the stage's folder (``filter.json`` last, marking the stage f
 ``consistency.html`` / ``.png``
     Score distributions per criterion, kept vs the rest.
 ``filter.json``
-    The scoring settings and a summary (counts per argmax criterion, score quantiles).
+    The scoring settings, a summary (counts per argmax criterion, score quantiles) and the
+    inputs (model fingerprint, instructions, direction sets, settings) a reuse must match.
 
 Example:
     >>> FilterConfig().fraction
     0.1
 """
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from icon2_lens._config import documented, option
-from icon2_lens._files import read_jsonl, read_marker, write_json, write_jsonl, write_text
+from icon2_lens._files import (
+    read_jsonl,
+    read_marker,
+    settings_differences,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from icon2_lens._types import LensModel
-from icon2_lens.directions.set import DirectionSet
+from icon2_lens.directions.set import DirectionSet, direction_set_id
 from icon2_lens.figures import write_figures_or_warn
+from icon2_lens.model.load import model_fingerprint
 from icon2_lens.pages import markdown_table
 
 from .plot import plot_consistency
@@ -38,6 +49,7 @@ __all__ = [
     "KeptInstruction",
     "FilterConfig",
     "run_filter",
+    "filter_inputs",
     "read_kept",
     "write_kept",
     "MARKER",
@@ -165,6 +177,46 @@ def read_kept(path: str | Path) -> list[KeptInstruction]:
     return out
 
 
+def filter_inputs(
+    model: LensModel,
+    instructions: Sequence[str],
+    direction_sets: Mapping[str, DirectionSet],
+    intervals: Mapping[str, Sequence[int]] | None,
+    config: FilterConfig,
+) -> dict[str, Any]:
+    """What decides a filter result, recorded in ``filter.json`` and compared before it is reused.
+
+    The model's weight fingerprint, a digest of the instructions, each direction set's content
+    id, the control intervals and the settings (but the batch size and backend, which change
+    the scores by float rounding only).
+    """
+    settings = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "backend")}
+    text = json.dumps(list(instructions), ensure_ascii=False).encode("utf-8")
+    return {
+        "model_fingerprint": model_fingerprint(model),
+        "instructions_sha256": hashlib.sha256(text).hexdigest()[:16],
+        "direction_sets": {name: direction_set_id(ds) for name, ds in direction_sets.items()},
+        "intervals": None
+        if intervals is None
+        else {name: [int(x) for x in layers] for name, layers in intervals.items()},
+        "config": settings,
+    }
+
+
+def _check_inputs(out: Path, want: dict[str, Any], done: Mapping[str, Any]) -> None:
+    """Refuse a finished filter folder made from other inputs (one written before they were
+    recorded is reused as it is)."""
+    have = done.get("inputs")
+    if have is None:
+        return
+    diff = settings_differences(want, have)
+    if diff:
+        raise ValueError(
+            f"{out} holds a filter result made from other inputs (differences in: "
+            f"{', '.join(diff)}); choose another output directory or delete it"
+        )
+
+
 def run_filter(
     model: LensModel,
     instructions: Sequence[str],
@@ -178,10 +230,14 @@ def run_filter(
 ) -> list[KeptInstruction]:
     """Score ``instructions``, keep the best, write the files of the module docstring into ``out``.
 
-    A folder whose ``filter.json`` exists is finished: its kept instructions are read back.
+    A folder whose ``filter.json`` exists is finished: its kept instructions are read back if
+    it records the same inputs (:func:`filter_inputs`), else this raises a ``ValueError``.
     """
     out = Path(out)
-    if read_marker(out / MARKER) is not None:
+    inputs = filter_inputs(model, instructions, direction_sets, intervals, config)
+    done = read_marker(out / MARKER)
+    if done is not None:
+        _check_inputs(out, inputs, done)
         return read_kept(out / KEPT_FILE)
     scores = score_consistency(
         model,
@@ -216,5 +272,8 @@ def run_filter(
         + "\n",
     )
     write_figures_or_warn({"consistency": plot_consistency(scores, sel)}, out, png=png)
-    write_json({"settings": scores.settings, "summary": score_summary(scores, sel)}, out / MARKER)
+    write_json(
+        {"settings": scores.settings, "summary": score_summary(scores, sel), "inputs": inputs},
+        out / MARKER,
+    )
     return kept

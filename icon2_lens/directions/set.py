@@ -26,7 +26,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icon2_lens._files import read_safetensors, read_saved_config, safetensors_bytes, write_json
+from icon2_lens._files import (
+    read_safetensors,
+    read_saved_config,
+    safetensors_bytes,
+    write_bytes,
+    write_json,
+)
 from icon2_lens._types import Direction, LayerActs
 from icon2_lens.model.hooks import resid_hook_name
 from icon2_lens.model.load import check_fits
@@ -189,9 +195,7 @@ def save_direction_set(ds: DirectionSet, path: str | Path) -> Path:
         "site": ds.site,
         "method": ds.method,
     }
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    tmp.write_bytes(safetensors_bytes(tensors, header))
-    tmp.replace(out / WEIGHTS_FILE)
+    write_bytes(out / WEIGHTS_FILE, safetensors_bytes(tensors, header))
     cfg = {
         **dict(ds.meta),
         "format": FORMAT,

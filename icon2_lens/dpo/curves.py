@@ -7,7 +7,6 @@ of an experiment shows, per source, the first step at which it happens at all. B
 rule, and both record its parameters.
 """
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from icon2_lens._config import documented, option
+from icon2_lens._files import read_json
 from icon2_lens.figures import PALETTE, plotly_go
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ def reward_curves(root: str | Path) -> dict[str, list[dict[str, Any]]]:
     root = Path(root)
     out = {}
     for log_path in sorted(root.glob("dpo/*/dpo_log.json")):
-        hist = json.loads(log_path.read_text(encoding="utf-8"))["log_history"]
+        hist = read_json(log_path)["log_history"]
         out[log_path.parent.name] = [
             {
                 "step": h.get("step"),

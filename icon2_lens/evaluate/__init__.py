@@ -5,6 +5,7 @@ judge compares them with a reference (the ``eval`` stage).
 * :mod:`~icon2_lens.evaluate.judging`: ``EvalConfig``, judging against the reference, ``eval.json``.
 
 Reads: the base model, other models or edits, direction sets, instructions.
-Writes: ``answers/<system>.jsonl``, ``answers.jsonl`` (side by side), ``eval.json``.
+Writes: ``answers/<system>.jsonl`` with ``answers/<system>.settings.json`` (what made them),
+``answers.jsonl`` (side by side), ``eval.json``.
 May import: model, directions, instructions, consistency, judge, alignez.
 """

@@ -12,14 +12,19 @@ A *system* is one of:
     The base model steered along each instruction's argmax-criterion direction of an extraction
     directory (``GAMMA`` in relative units, ``LAYERS`` such as ``13-22``).
 
-Answers are greedy by default and written one JSONL file per system (a finished file is reused,
-so an interrupted evaluation resumes system by system).
+Answers are greedy by default and written one JSONL file per system, ``<name>.jsonl``, with
+``<name>.settings.json`` beside it (written first): the system spec, a digest of the files it
+reads, the decoding and the base model's weight fingerprint. A finished file is reused only when
+all of these match, so an interrupted evaluation resumes system by system and a re-run with
+another system, decoding or model under the same name is refused instead of judging old answers.
 
 Example:
     >>> parse_system("alignez:runs/x/alignez@0.5")
     SystemSpec(name='alignez', kind='alignez', path='runs/x/alignez', strength=0.5, layers=None)
 """
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -27,8 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icon2_lens._cache import file_sha256
 from icon2_lens._config import parse_layer_spec
-from icon2_lens._files import read_jsonl, write_jsonl
+from icon2_lens._files import (
+    check_settings,
+    read_json,
+    read_jsonl,
+    settings_differences,
+    write_json,
+    write_jsonl,
+)
 from icon2_lens._types import LensModel
 from icon2_lens.alignez.apply import generate_alignez
 from icon2_lens.alignez.edit import load_alignez
@@ -38,9 +51,18 @@ from icon2_lens.directions.steer import SteeringSpec
 from icon2_lens.model.chat import render_chat
 from icon2_lens.model.generate import Decoding, generate
 from icon2_lens.model.hooks import parse_layers
-from icon2_lens.model.load import load_model
+from icon2_lens.model.load import load_model, model_fingerprint
 
-__all__ = ["SystemSpec", "parse_system", "check_system", "answer_instructions", "SYSTEM_KINDS"]
+__all__ = [
+    "SystemSpec",
+    "parse_system",
+    "check_system",
+    "SYSTEM_KINDS",
+    "answer_instructions",
+    "answer_settings",
+    "settings_path",
+    "source_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -218,24 +240,26 @@ def answer_instructions(
         base: The base model (answers for ``base``/``alignez``/``steer``; its tokenizer counts tokens).
         instructions: The instructions.
         decoding: Decoding settings (greedy, 96 new tokens by default).
-        out: JSONL file; if it already holds answers to exactly these instructions they are
-            returned without generating.
+        out: JSONL file, with ``<name>.settings.json`` beside it (:func:`answer_settings`); if
+            it already holds answers to exactly these instructions, made with the same
+            settings, they are returned without generating.
         batch_size: Rows per forward pass.
         progress: Show a progress bar.
         criteria: Per-instruction criterion for ``steer`` systems (default: argmax consistency).
+
+    Raises:
+        ValueError: ``out`` holds answers to other instructions, or made with other settings
+            (another system spec, decoding or base model), or whose settings are not recorded.
     """
     decoding = decoding or Decoding(max_new_tokens=96)
     if not instructions:
         raise ValueError("no instructions to answer")
     path = Path(out) if out is not None else None
-    if path is not None and path.is_file():
-        have = read_jsonl(path)
-        if [r["instruction"] for r in have] == list(instructions):
-            log.info("reusing the answers in %s", path)
-            return have
-        raise ValueError(
-            f"{path} holds answers to other instructions; delete it or choose another --out"
-        )
+    if path is not None:
+        settings = answer_settings(spec, base, decoding, criteria)
+        if path.is_file():
+            return _reuse_answers(path, settings, instructions)
+        _record_answer_settings(path, settings)
     gens = _generations(
         spec,
         base,
@@ -257,4 +281,109 @@ def answer_instructions(
     ]
     if path is not None:
         write_jsonl(path, rows)
+    return rows
+
+
+def settings_path(answers: str | Path) -> Path:
+    """The settings file beside an answers file: ``<name>.settings.json`` for ``<name>.jsonl``."""
+    answers = Path(answers)
+    return answers.with_name(f"{answers.stem}.settings.json")
+
+
+def answer_settings(
+    spec: SystemSpec,
+    base: LensModel,
+    decoding: Decoding,
+    criteria: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What makes a system's answers: recorded beside them, and compared before they are reused.
+
+    The system spec (``kind``, ``path``, ``strength``, ``layers``), a digest of the files it reads
+    (see :func:`source_digest`), the decoding, the base model's weight fingerprint and the
+    per-instruction criteria of a steered system, when given. The name and the batch size are
+    not part of it (the name is the file's; the batch size does not change the answers).
+    """
+    return {
+        "system": {
+            "kind": spec.kind,
+            "path": spec.path,
+            "strength": spec.strength,
+            "layers": spec.layers,
+        },
+        "source_sha256": source_digest(spec),
+        "decoding": decoding.to_dict(),
+        "model_fingerprint": model_fingerprint(base),
+        "criteria_sha256": None if criteria is None else _digest(list(criteria)),
+    }
+
+
+#: Files of a system's folder whose contents decide its answers: model weights and config, an
+#: AlignEZ edit, the direction sets of an extraction folder.
+_SOURCE_FILES = (
+    "config.json",
+    "cfg.json",
+    "*.safetensors",
+    "*.gguf",
+    "*/cfg.json",
+    "*/directions.safetensors",
+)
+
+
+def source_digest(spec: SystemSpec) -> str | None:
+    """A short sha256 over the weight and config files of the folder a system reads.
+
+    ``None`` for ``base`` and for a path that is not a local folder (a hub id or an embedded
+    model key, named by the path alone). A model retrained, or directions re-extracted, into the
+    same folder therefore do not pass for the ones that made earlier answers.
+    """
+    if spec.kind == "base" or not spec.path or not Path(spec.path).is_dir():
+        return None
+    root = Path(spec.path)
+    files = sorted({p for pattern in _SOURCE_FILES for p in root.glob(pattern) if p.is_file()})
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root).as_posix()}:{file_sha256(f)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _digest(items: list[str]) -> str:
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _record_answer_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` beside answers about to be written (before them, so they never lack it).
+
+    A settings file left without answers (a run killed before writing them) describes nothing
+    and is replaced.
+    """
+    sidecar = settings_path(path)
+    try:
+        check_settings(sidecar, settings, what="answers")
+    except ValueError:
+        log.info("%s describes no answers (none were written); replacing it", sidecar)
+        write_json(settings, sidecar)
+
+
+def _reuse_answers(
+    path: Path, settings: dict[str, Any], instructions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The answers in ``path`` if they were made with ``settings`` for ``instructions``; else raise."""
+    sidecar = settings_path(path)
+    fix = "delete it or choose another --out"
+    if not sidecar.is_file():
+        raise ValueError(
+            f"{path} holds answers whose settings are not recorded (no {sidecar.name}, "
+            f"written by an older icon2-lens); {fix}"
+        )
+    have = read_json(sidecar, fix=f"delete it and {path.name}, or choose another --out")
+    diff = settings_differences(settings, have if isinstance(have, dict) else {})
+    if diff:
+        raise ValueError(
+            f"{path} holds answers made with other settings (differences in: "
+            f"{', '.join(diff)}); {fix}"
+        )
+    rows = read_jsonl(path)
+    if [r.get("instruction") for r in rows] != list(instructions):
+        raise ValueError(f"{path} holds answers to other instructions; {fix}")
+    log.info("reusing the answers in %s", path)
     return rows

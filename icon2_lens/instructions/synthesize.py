@@ -10,7 +10,9 @@ No seed instructions are used.
 
 Samples are drawn in batches; sample ``i`` uses its own generator seeded from ``(seed, i)``, so a
 sample's text does not depend on the batch size, and an interrupted run resumes from the raw
-samples already written. The raw samples are then cleaned by
+samples already written. The raw file's first line records what made them (the sampling
+settings, the template prefix and the model's weight fingerprint); a run with anything else is
+refused, so samples of another model are never mixed in. The raw samples are then cleaned by
 :func:`~icon2_lens.instructions.clean.clean_instructions`, which reports how many survive each step.
 """
 
@@ -34,6 +36,7 @@ from icon2_lens._files import (
 from icon2_lens._types import LensModel
 from icon2_lens.model.chat import user_turn_template
 from icon2_lens.model.generate import Decoding, Generation, generate_rows
+from icon2_lens.model.load import model_fingerprint
 
 from .clean import CleanReport, clean_instructions
 
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
 @documented
 @dataclass(frozen=True, kw_only=True)
 class SynthesisConfig:
-    """Sampling settings for self-synthesis (everything but ``n`` and ``batch_size`` is recorded in ``raw.jsonl``)."""
+    """Sampling settings for self-synthesis (everything but ``n`` and ``batch_size`` is recorded in ``raw.jsonl``,
+    with the chat-template prefix and the model's weight fingerprint)."""
 
     n: int = option(
         512,
@@ -129,21 +133,14 @@ def synthesize_raw(
         seed=config.seed,
     )
     path = Path(out) if out is not None else None
-    header = {"icon2_synthesis": config.settings(), "prefix": turn.prefix}
     rows: list[dict[str, Any]] = []
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        existing = read_jsonl(path, repair=True)
-        if existing:
-            diff = settings_differences(header, existing[0])
-            if diff:
-                raise ValueError(
-                    f"{path} holds samples written with different settings (differences in: {', '.join(diff)}; "
-                    "a prefix difference means another chat template); choose another output file or delete it"
-                )
-            rows = existing[1:]
-        else:
-            append_jsonl(path, [header])
+        header = {
+            "icon2_synthesis": config.settings(),
+            "prefix": turn.prefix,
+            "model_fingerprint": model_fingerprint(model),
+        }
+        rows = _resume_raw(path, header)
     start = len(rows)
     if start:
         log.info("resuming synthesis: %d of %d samples already drawn", start, config.n)
@@ -161,6 +158,33 @@ def synthesize_raw(
             append_jsonl(path, new)
         rows.extend(new)
     return rows[: config.n]
+
+
+#: What a difference in a raw file's header key means, for the refusal message.
+_DIFF_MEANING = {"prefix": "another chat template", "model_fingerprint": "another model"}
+
+
+def _resume_raw(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The samples already in ``path`` (its first line must be ``header``), or a new file's header.
+
+    Raises:
+        ValueError: The file was written with other settings, another chat template or another
+            model (its weight fingerprint), naming the file and the differences.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = read_jsonl(path, repair=True)
+    if not existing:
+        append_jsonl(path, [header])
+        return []
+    diff = settings_differences(header, existing[0])
+    if diff:
+        meaning = [m for key, m in _DIFF_MEANING.items() if key in diff]
+        raise ValueError(
+            f"{path} holds samples written with different settings (differences in: "
+            f"{', '.join(diff)}{', i.e. ' + ' and '.join(meaning) if meaning else ''}); choose "
+            "another output file or delete it"
+        )
+    return existing[1:]
 
 
 def synthesize_instructions(

@@ -240,7 +240,8 @@ def make_icon2_unfiltered_pairs(
                 f"{out_dir} holds pairs of another random sample (differences in {UNFILTERED_FILE}: seed, n "
                 "or pool); choose another output directory or delete it to start over"
             )
-        write_json(want, sample_path)
+        if not sample_path.is_file():
+            write_json(want, sample_path)
     result = generate_pairs(
         model,
         sample,

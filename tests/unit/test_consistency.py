@@ -154,3 +154,32 @@ def test_quota_balance_gives_every_criterion_an_equal_share_of_its_best():
         s.select(threshold=0.0, balance="quota")
     with pytest.raises(ValueError, match="unknown balance"):
         s.select(balance="even")
+
+
+def test_a_finished_filter_is_reused_only_for_the_same_inputs(tiny, tmp_path):
+    from icon2_lens.consistency.filter import FilterConfig, run_filter
+    from icon2_lens.testing import tiny_model
+
+    sets = {ds.criterion: ds for ds in _sets()}
+    config = FilterConfig(fraction=0.4)
+    kept = run_filter(tiny, INSTR, sets, None, config, tmp_path, progress=False, png=False)
+    marker = (tmp_path / "filter.json").read_bytes()
+    again = run_filter(tiny, INSTR, sets, None, config, tmp_path, progress=False, png=False)
+    assert again == kept and (tmp_path / "filter.json").read_bytes() == marker
+    other_sets = {ds.criterion: ds for ds in _sets(seed=1)}
+    for key, call in {
+        "instructions_sha256": (tiny, INSTR[:4], sets, config),
+        "direction_sets": (tiny, INSTR, other_sets, config),
+        "config": (tiny, INSTR, sets, FilterConfig(fraction=0.6)),
+        "model_fingerprint": (tiny_model(seed=1), INSTR, sets, config),
+    }.items():
+        model, ins, ds, cfg = call
+        with pytest.raises(ValueError, match=rf"other inputs \(differences in: .*{key}"):
+            run_filter(model, ins, ds, None, cfg, tmp_path, progress=False, png=False)
+    # the batch size changes nothing but float rounding: still reused
+    assert (
+        run_filter(
+            tiny, INSTR, sets, None, FilterConfig(fraction=0.4, batch_size=2), tmp_path, png=False
+        )
+        == kept
+    )

@@ -60,11 +60,21 @@ def test_a_system_against_itself_ties_and_answers_resume(tiny, tmp_path):
     path = tmp_path / "answers" / "base.jsonl"
     before = path.read_text()
     answer_instructions(
-        SystemSpec("base", "base"), tiny, [r["instruction"] for r in RECORDS], out=path
+        SystemSpec("base", "base"),
+        tiny,
+        [r["instruction"] for r in RECORDS],
+        Decoding(max_new_tokens=5),
+        out=path,
     )
     assert path.read_text() == before
     with pytest.raises(ValueError, match="other instructions"):
-        answer_instructions(SystemSpec("base", "base"), tiny, ["something else"], out=path)
+        answer_instructions(
+            SystemSpec("base", "base"),
+            tiny,
+            ["something else"],
+            Decoding(max_new_tokens=5),
+            out=path,
+        )
 
 
 def test_bad_system_lists(tiny, tmp_path):
@@ -149,3 +159,63 @@ def test_a_steered_system_at_gamma_zero_answers_like_the_base(tiny, tmp_path):
         parse_system(f"steer:{tmp_path / 'ex'}@5.0@0-2"), tiny, ins, decoding
     )
     assert [a["answer"] for a in pushed] != [a["answer"] for a in base]
+
+
+def test_answers_are_reused_only_with_the_settings_that_made_them(tiny, tmp_path):
+    """Finding 1: another decoding, system spec or base model under the same name is refused."""
+    from icon2_lens.evaluate.systems import settings_path
+    from icon2_lens.testing import tiny_model
+
+    ins = [r["instruction"] for r in RECORDS]
+    path = tmp_path / "answers" / "s.jsonl"
+    short = Decoding(max_new_tokens=4)
+    first = answer_instructions(SystemSpec("s", "base"), tiny, ins, short, out=path)
+    sidecar = settings_path(path)
+    assert sidecar == tmp_path / "answers" / "s.settings.json"
+    recorded = json.loads(sidecar.read_text())
+    assert recorded["decoding"] == short.to_dict() and recorded["system"]["kind"] == "base"
+    answers, settings = path.read_bytes(), sidecar.read_bytes()
+    stamp = sidecar.stat().st_mtime_ns
+    # equal settings: reused, nothing rewritten
+    again = answer_instructions(SystemSpec("s", "base"), tiny, ins, short, out=path)
+    assert again == first and path.read_bytes() == answers
+    assert sidecar.read_bytes() == settings and sidecar.stat().st_mtime_ns == stamp
+    refusals = {
+        "decoding": (SystemSpec("s", "base"), tiny, Decoding(max_new_tokens=48)),
+        "model_fingerprint": (SystemSpec("s", "base"), tiny_model(seed=1), short),
+        "system": (SystemSpec("s", "steer", str(tmp_path), 0.5, "0-2"), tiny, short),
+    }
+    for key, (spec, model, decoding) in refusals.items():
+        with pytest.raises(ValueError, match=rf"other settings \(differences in: .*{key}"):
+            answer_instructions(spec, model, ins, decoding, out=path)
+    assert path.read_bytes() == answers and sidecar.read_bytes() == settings
+    # answers without their settings (an older icon2-lens) are not trusted either
+    sidecar.unlink()
+    with pytest.raises(ValueError, match="settings are not recorded"):
+        answer_instructions(SystemSpec("s", "base"), tiny, ins, short, out=path)
+
+
+def test_settings_left_without_answers_are_replaced(tiny, tmp_path):
+    """A run killed after recording the settings but before the answers leaves nothing to protect."""
+    from icon2_lens.evaluate.systems import settings_path
+
+    ins = [r["instruction"] for r in RECORDS]
+    path = tmp_path / "s.jsonl"
+    settings_path(path).write_text('{"decoding": {"max_new_tokens": 99}}\n')
+    rows = answer_instructions(
+        SystemSpec("s", "base"), tiny, ins, Decoding(max_new_tokens=4), out=path
+    )
+    assert len(rows) == 3 and path.is_file()
+    assert json.loads(settings_path(path).read_text())["decoding"]["max_new_tokens"] == 4
+
+
+def test_a_retrained_model_in_the_same_folder_is_not_reused(tiny, tmp_path):
+    from icon2_lens.evaluate.systems import source_digest
+
+    folder = save_tiny_model(tmp_path / "m")
+    spec = SystemSpec("m", "model", str(folder))
+    before = source_digest(spec)
+    assert before is not None and source_digest(SystemSpec("b", "base")) is None
+    save_tiny_model(folder, seed=1)  # other weights, same path
+    assert source_digest(spec) != before
+    assert source_digest(SystemSpec("h", "model", "some/hub-id")) is None

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from icon2_lens._files import read_jsonl
@@ -52,3 +54,24 @@ def test_batch_size_does_not_change_samples_and_resume_continues(tiny, tmp_path)
 def test_markers_cover_template_pieces(tiny):
     markers = template_markers(tiny.tokenizer)
     assert "<turn>" in markers and "<end>" in markers
+
+
+def test_samples_of_another_model_are_refused(tiny, tmp_path):
+    """Finding 5: the raw file's header records the model, so another one cannot resume it."""
+    from icon2_lens.model.load import model_fingerprint
+    from icon2_lens.testing import tiny_model
+
+    path = tmp_path / "raw.jsonl"
+    small = SynthesisConfig(n=2, max_new_tokens=4, batch_size=2, seed=5)
+    synthesize_raw(tiny, small, out=path, progress=False)
+    assert read_jsonl(path)[0]["model_fingerprint"] == model_fingerprint(tiny)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"differences in: model_fingerprint, i.e. another model"):
+        synthesize_raw(tiny_model(seed=1), small, out=path, progress=False)
+    assert path.read_bytes() == before
+    # a header without a fingerprint (an older icon2-lens) cannot vouch for the model either
+    header, *rows = read_jsonl(path)
+    del header["model_fingerprint"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        synthesize_raw(tiny, small, out=path, progress=False)
