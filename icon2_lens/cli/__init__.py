@@ -8,7 +8,10 @@ The dispatcher gives every command the same conventions:
   lines; ``--json`` prints one JSON object instead); logs go to stderr;
 * user errors (bad input, bad config, missing files) print one line
   ``error: <what is wrong> — <how to fix it>`` and exit with code 2; ``--debug`` shows the
-  traceback instead; an interrupted command exits with 130 and resumes when re-run.
+  traceback instead; an interrupted command exits with 130 and resumes when re-run;
+* nothing is downloaded from the Hugging Face Hub and no telemetry is sent, unless
+  ``--allow-download`` (or ``ICON2_LENS_ALLOW_DOWNLOAD=1``) lets hub ids download
+  (:mod:`icon2_lens._network`).
 
 Reads: command-line arguments and the files they name. Writes: what each command writes (see
 ``icon2-lens <command> --help``); results to stdout, logs to stderr.
@@ -17,11 +20,13 @@ May import: every other subpackage (nothing imports this one).
 
 import argparse
 import logging
+import os
 import re
 import sys
 from importlib import import_module
 
 from icon2_lens._config import ConfigError
+from icon2_lens._network import ALLOW_DOWNLOAD_ENV, apply_network_defaults
 
 from ._common import Parser, render, stdout
 
@@ -131,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for noisy in _NOISY:
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        if getattr(args, "allow_download", False):
+            os.environ[ALLOW_DOWNLOAD_ENV] = "1"  # read by every model load of this command
+        apply_network_defaults()  # before any Hugging Face library is imported
         result = module.run(args)
         stdout(render(args.command, result, as_json=args.json))
         return 0

@@ -15,6 +15,7 @@ __all__ = [
     "Parser",
     "Result",
     "add_model",
+    "add_allow_download",
     "add_directions",
     "add_run_options",
     "add_config_option",
@@ -75,10 +76,22 @@ def add_directions(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--allow-download``."""
     parser.add_argument(
         "--model",
         default=None,
         help="embedded model key (smollm2-135m [default], gemma3-270m), HF model directory or hub id",
+    )
+    add_allow_download(parser)
+
+
+def add_allow_download(parser: argparse.ArgumentParser) -> None:
+    """``--allow-download``: let hub ids download (the main function sets ``$ICON2_LENS_ALLOW_DOWNLOAD``)."""
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a hub id be downloaded from the Hugging Face Hub (without it, hub ids are read "
+        "from the local Hugging Face cache only); the same as ICON2_LENS_ALLOW_DOWNLOAD=1",
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from icon2_lens.runs.config import ExperimentConfig, recorded_config
 from icon2_lens.runs.experiment import run_experiment
 
-from ._common import Result, add_run_options, out_dir
+from ._common import Result, add_allow_download, add_run_options, out_dir
 
 __all__ = ["register", "run"]
 
@@ -33,6 +33,7 @@ def register(sub, parents):
         default="runs/experiment",
         help="experiment folder (resumed if it holds this configuration)",
     )
+    add_allow_download(p)
     add_run_options(p)
     return p
 

