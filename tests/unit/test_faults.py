@@ -347,6 +347,7 @@ def _pairs(w, out):
         "2.0",
         "--gamma-neg",
         "-2.0",
+        "--allow-any-gamma",  # a random tiny model needs strong pushes
         "--max-new-tokens",
         "6",
         "--batch-size",

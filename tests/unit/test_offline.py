@@ -92,11 +92,11 @@ def _pairs(path: Path) -> Path:
         {
             "prompt": [{"role": "user", "content": text}],
             "chosen": [
-                {"role": "assistant", "content": "i am happy to help , here is a good answer ."}
+                {"role": "assistant", "content": f"i am happy to help , here is answer {k} ."}
             ],
             "rejected": [{"role": "assistant", "content": "no . you are bad and rude ."}],
         }
-        for text in INSTRUCTIONS * 2
+        for k, text in enumerate(INSTRUCTIONS * 2)  # distinct records (duplicates are refused)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
@@ -119,7 +119,15 @@ def test_every_command_runs_without_opening_a_socket(
         "filter": ["--instructions", "ins.txt", "--directions", "ex", "--fraction", "1.0"]
         + ["--out", "flt"],
         "pairs": ["--kept", "flt/kept.jsonl", "--directions", "ex", "--layers", "0-2"]
-        + ["--gamma-pos", "2.0", "--gamma-neg", "-2.0", "--max-new-tokens", "6"]
+        + [
+            "--gamma-pos",
+            "2.0",
+            "--gamma-neg",
+            "-2.0",
+            "--allow-any-gamma",
+            "--max-new-tokens",
+            "6",
+        ]
         + ["--no-surface-gate", "--out", "pr"],
         "dpo": ["--pairs", str(_pairs(tmp_path / "dpo_pairs.jsonl")), "--max-steps", "1"]
         + ["--batch-size", "2", "--max-length", "64", "--out", "dpo"],
