@@ -43,6 +43,7 @@ __all__ = [
     "append_jsonl",
     "read_jsonl",
     "read_utf8",
+    "check_writable",
     "safetensors_bytes",
     "read_saved_config",
     "read_safetensors",
@@ -475,3 +476,30 @@ def read_utf8(path: str | Path) -> str:
         raise ValueError(
             f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
         ) from None
+
+
+def check_writable(path: str | Path, *, flag: str = "the output") -> None:
+    """Raise a ``ValueError`` unless ``path`` (a folder or file to be written) can be created there.
+
+    Checked before any work: the nearest existing folder on the way must be a folder (not a file)
+    and writable.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "a_file"
+        >>> _ = f.write_text("")
+        >>> check_writable(f / "out", flag="--out")
+        Traceback (most recent call last):
+        ...
+        ValueError: --out .../a_file/out lies below the file .../a_file; pass a directory
+    """
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path} lies below the file {parent}; pass a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(
+                    f"{flag} {path}: {parent} is not writable; choose a folder you can write to"
+                )
+            return

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from icon2_lens._config import ConfigError, config_fields, from_dict
+from icon2_lens._files import check_writable
 
 __all__ = [
     "Parser",
@@ -23,7 +23,6 @@ __all__ = [
     "load",
     "render",
     "out_dir",
-    "check_writable",
 ]
 
 
@@ -170,26 +169,13 @@ def load(name: str | None):
 
 
 def out_dir(path: str) -> Path:
-    """``--out`` as a folder, checked before any work: a ``ConfigError`` if it or a parent is a file
-    or if it cannot be written."""
+    """``--out`` as a folder, checked before any work: an error if it or a parent is a file or if it
+    cannot be written (:func:`~icon2_lens._files.check_writable`)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"--out {path} is a file", "pass a directory")
     check_writable(p, flag="--out")
     return p
-
-
-def check_writable(path: Path, *, flag: str) -> None:
-    """Raise a ``ConfigError`` unless ``path`` (a folder or file to be written) can be created there."""
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{flag} {path} lies below the file {parent}", "pass a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ConfigError(
-                    f"{flag} {path}: {parent} is not writable", "choose a folder you can write to"
-                )
-            return
 
 
 def stdout(text: str) -> None:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from icon2_lens._config import ConfigError
-from icon2_lens._files import write_jsonl
+from icon2_lens._files import check_writable, write_jsonl
 from icon2_lens.alignez.apply import AlignEZEditor
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.alignez.edit import load_alignez
@@ -18,7 +18,6 @@ from ._common import (
     Result,
     add_model,
     add_run_options,
-    check_writable,
     load,
     out_dir,
 )

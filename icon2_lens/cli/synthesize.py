@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from icon2_lens._config import ConfigError
+from icon2_lens._files import check_writable
 from icon2_lens.cli.args import add_arguments, from_args
 from icon2_lens.instructions.synthesize import (
     SynthesisConfig,
@@ -15,7 +16,6 @@ from ._common import (
     add_config_option,
     add_model,
     add_run_options,
-    check_writable,
     load,
 )
 

@@ -55,7 +55,13 @@ from icon2_lens._config import (
     to_dict,
     unknown_key,
 )
-from icon2_lens._files import read_json, read_utf8, settings_differences, write_json
+from icon2_lens._files import (
+    check_writable,
+    read_json,
+    read_utf8,
+    settings_differences,
+    write_json,
+)
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.audit.config import AuditConfig
 from icon2_lens.consistency.filter import FilterConfig
@@ -363,11 +369,7 @@ def check_run_dir(out: str | Path, cfg: Any, *, record: bool = True) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file", "pass a directory for --out")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {out} lies below the file {parent}", "pass a directory")
-            break
+    check_writable(out.parent, flag="--out")
     path = out / CONFIG_FILE
     if path.is_file():
         try:
