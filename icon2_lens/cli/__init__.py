@@ -44,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "eval": "eval_",
     "alignez": "alignez",
     "audit": "audit",
+    "export": "export",
+    "import": "import_",
     "run": "run",
     "experiment": "experiment",
     "config": "config",

