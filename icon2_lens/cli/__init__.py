@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[ALLOW_DOWNLOAD_ENV] = "1"  # read by every model load of this command
         apply_network_defaults()  # before any Hugging Face library is imported
         result = module.run(args)
-        stdout(render(args.command, result, as_json=args.json))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate: one report, from rank 0
+            stdout(render(args.command, result, as_json=args.json))
         return 0
     except KeyboardInterrupt:
         if debug:

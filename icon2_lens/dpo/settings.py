@@ -24,7 +24,6 @@ __all__ = ["DPOSettings", "require_trl", "split_options"]
 
 # Always passed to DPOConfig (an override by name still wins, e.g. use_cpu=False on a GPU box).
 _FIXED_CONFIG: dict[str, Any] = {
-    "use_cpu": True,
     "bf16": False,  # TRL's default is bf16=True unless fp16 is set
     "fp16": False,
     "report_to": "none",
@@ -100,6 +99,12 @@ class DPOSettings:
         help="TRL label_smoothing: with loss_type robust, the assumed share of flipped labels "
         "(0.0: plain DPO)",
     )
+    precompute_ref_log_probs: bool = option(
+        False,
+        help="TRL precompute_ref_log_probs: score every pair with the reference model once "
+        "before training, so the reference need not stay in memory during it (saves memory on "
+        "big models, same loss)",
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -132,12 +137,14 @@ class DPOSettings:
             **overrides: Any ``DPOConfig`` field (or ``warmup_ratio``), applied last.
 
         Returns:
-            The config (``use_cpu=True``, ``bf16=fp16=False``, ``report_to="none"``,
+            The config (``use_cpu`` unless CUDA is available, ``bf16=fp16=False``, ``report_to="none"``,
             ``save_strategy="no"`` unless overridden).
 
         Raises:
             ValueError: For an override that is no ``DPOConfig`` field, listing the valid names.
         """
+        import torch
+
         trl = require_trl()
         config_fields = _dpo_config_fields()
         _check_option_names(overrides, config_fields)
@@ -145,6 +152,8 @@ class DPOSettings:
         kwargs = {
             **{aliases.get(k, k): v for k, v in dataclasses.asdict(self).items()},
             **_FIXED_CONFIG,
+            # the CPU unless a GPU is there (then accelerate/DeepSpeed/FSDP place the model)
+            "use_cpu": not torch.cuda.is_available(),
         }
         for name, value in overrides.items():
             kwargs[aliases.get(name, name)] = value

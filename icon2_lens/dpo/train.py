@@ -110,7 +110,12 @@ def train_dpo(
         trainer.train()
     seconds = time.perf_counter() - t0
     trained = _finished_model(trainer)
-    model_dir = _save_model(trained, trainer.processing_class, out / "model")
+    accelerator = trainer.accelerator
+    processes = _processes(trainer)
+    main = accelerator.is_main_process
+    if main:  # one writer: every rank holds the same weights after DDP's synchronised steps
+        _save_model(trained, trainer.processing_class, out / "model")
+    model_dir = out / "model"
     history = [dict(entry) for entry in trainer.state.log_history]
     n_steps = int(trainer.state.global_step)
     _release(trainer)
@@ -123,13 +128,15 @@ def train_dpo(
     if saturation:
         logger.warning(saturation)
         warnings.append(saturation)
-    warnings += _write_curves(history, out, png=png)
+    if main:
+        warnings += _write_curves(history, out, png=png)
     log = {
         "format": validate_pairs(records),
         "n_records": len(records),
         "n_trained_records": n_kept,
         "n_steps": n_steps,
         "train_seconds": round(seconds, 3),
+        "processes": processes,
         "settings": dataclasses.asdict(settings),
         "overrides": _jsonable(config_overrides),
         "model": _describe(model),
@@ -140,7 +147,9 @@ def train_dpo(
         "packages": _versions(),
         "log_history": history,
     }
-    write_json(log, out / "dpo_log.json")
+    if main:
+        write_json(log, out / "dpo_log.json")
+    accelerator.wait_for_everyone()  # no rank returns before the files exist
     return DPOResult(
         model_dir=model_dir,
         log_history=history,
@@ -150,6 +159,21 @@ def train_dpo(
         warnings=warnings,
         model=trained,
     )
+
+
+def _processes(trainer: "trl.DPOTrainer") -> dict[str, Any]:
+    """How the run was spread: processes, engine, and the global batch that follows from them."""
+    acc, args = trainer.accelerator, trainer.args
+    n = int(acc.num_processes)
+    return {
+        "num_processes": n,
+        "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+        "per_device_train_batch_size": int(args.per_device_train_batch_size),
+        "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
+        "global_batch_size": n
+        * int(args.per_device_train_batch_size)
+        * int(args.gradient_accumulation_steps),
+    }
 
 
 def _release(trainer: "trl.DPOTrainer") -> None:
