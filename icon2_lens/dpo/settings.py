@@ -99,6 +99,14 @@ class DPOSettings:
         help="TRL label_smoothing: with loss_type robust, the assumed share of flipped labels "
         "(0.0: plain DPO)",
     )
+    lora_r: int = option(
+        0,
+        help="LoRA rank through peft (0: train every weight). With LoRA the reference is the "
+        "model with its adapter switched off; model/ holds the merged weights, adapter/ the "
+        "PEFT adapter",
+    )
+    lora_alpha: int = option(16, help="LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = option(0.0, help="dropout on the LoRA input")
     precompute_ref_log_probs: bool = option(
         False,
         help="TRL precompute_ref_log_probs: score every pair with the reference model once "
@@ -119,6 +127,9 @@ class DPOSettings:
             "logging_steps": self.logging_steps >= 1,
             "ld_alpha": self.ld_alpha is None or 0.0 <= self.ld_alpha <= 1.0,
             "label_smoothing": 0.0 <= self.label_smoothing < 0.5,
+            "lora_r": self.lora_r >= 0,
+            "lora_alpha": self.lora_alpha >= 1,
+            "lora_dropout": 0.0 <= self.lora_dropout < 1.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -126,7 +137,8 @@ class DPOSettings:
             raise ValueError(
                 f"invalid DPO settings: {shown} (beta, learning_rate, num_train_epochs > 0; "
                 "0 <= warmup_ratio < 1; max_steps -1 or > 0; batch size, accumulation, logging "
-                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5)"
+                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5; "
+                "lora_r >= 0, lora_alpha >= 1, 0 <= lora_dropout < 1)"
             )
 
     def to_dpo_config(self, output_dir: str | os.PathLike, **overrides: Any) -> "trl.DPOConfig":
@@ -150,7 +162,11 @@ class DPOSettings:
         _check_option_names(overrides, config_fields)
         aliases = _config_aliases(config_fields)
         kwargs = {
-            **{aliases.get(k, k): v for k, v in dataclasses.asdict(self).items()},
+            **{
+                aliases.get(k, k): v
+                for k, v in dataclasses.asdict(self).items()
+                if k not in LORA_FIELDS
+            },
             **_FIXED_CONFIG,
             # the CPU unless a GPU is there (then accelerate/DeepSpeed/FSDP place the model)
             "use_cpu": not torch.cuda.is_available(),
@@ -158,6 +174,29 @@ class DPOSettings:
         for name, value in overrides.items():
             kwargs[aliases.get(name, name)] = value
         return trl.DPOConfig(output_dir=str(output_dir), **kwargs)
+
+
+#: DPOSettings fields that configure peft's LoRA, not ``trl.DPOConfig``.
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout")
+
+
+def lora_config(settings: DPOSettings) -> Any:
+    """peft's ``LoraConfig`` for ``settings`` (``None`` when ``lora_r`` is 0: full fine-tuning)."""
+    if settings.lora_r == 0:
+        return None
+    try:
+        import peft
+    except ImportError:
+        raise ValueError(
+            "lora_r > 0 needs peft; install it with: pip install peft (or set lora_r = 0)"
+        ) from None
+    return peft.LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def require_trl():

@@ -114,7 +114,7 @@ def train_dpo(
     processes = _processes(trainer)
     main = accelerator.is_main_process
     if main:  # one writer: every rank holds the same weights after DDP's synchronised steps
-        _save_model(trained, trainer.processing_class, out / "model")
+        trained = _save_model(trained, trainer.processing_class, out)
     model_dir = out / "model"
     history = [dict(entry) for entry in trainer.state.log_history]
     n_steps = int(trainer.state.global_step)
@@ -197,11 +197,17 @@ def _finished_model(trainer: "trl.DPOTrainer") -> "PreTrainedModel":
     return trained.eval()
 
 
-def _save_model(model: "PreTrainedModel", tokenizer: Any, path: Path) -> Path:
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    logger.info("saved the trained model to %s", path)
-    return path
+def _save_model(model: "PreTrainedModel", tokenizer: Any, out: Path) -> "PreTrainedModel":
+    """``out/model`` (an ordinary HF directory); a LoRA run also writes ``out/adapter`` (PEFT)."""
+    if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, save merged weights
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        logger.info("saved the LoRA adapter to %s", out / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    logger.info("saved the trained model to %s", out / "model")
+    return model
 
 
 def _write_curves(history: list[dict[str, Any]], out: Path, *, png: bool) -> list[str]:

@@ -39,7 +39,7 @@ from icon2_lens._network import apply_network_defaults
 from icon2_lens.model.load import model_source, resolve_model
 from icon2_lens.pairs.records import PAIR_FIELDS, PROVENANCE_PREFIX, read_pairs, validate_pairs
 
-from .settings import DPOSettings, require_trl, split_options
+from .settings import DPOSettings, lora_config, require_trl, split_options
 
 if TYPE_CHECKING:
     import datasets
@@ -141,12 +141,26 @@ def make_dpo_trainer(
     policy, source = _private_model(model)
     tok = _prepare_tokenizer(tokenizer, source)
     _check_chat_template(dataset, tok)
-    reference = _freeze(
-        copy.deepcopy(policy) if ref_model is None else _private_model(ref_model)[0]
+    lora = lora_config(settings)
+    if lora is not None and ref_model is not None:
+        raise ValueError(
+            "with LoRA (lora_r > 0) the reference is the model with its adapter switched off; "
+            "drop ref_model or set lora_r = 0"
+        )
+    # with LoRA, TRL uses the adapter-free base as the reference: the starting weights, frozen
+    reference = (
+        None
+        if lora is not None
+        else _freeze(copy.deepcopy(policy) if ref_model is None else _private_model(ref_model)[0])
     )
     trl = require_trl()
     trainer = trl.DPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tok
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=lora,
     )
     _route_logs_to_logging(trainer)
     message = dropped_records_message(len(dataset), len(trainer.train_dataset), args.max_length)
