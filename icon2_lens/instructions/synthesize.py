@@ -14,6 +14,11 @@ samples already written. The raw file's first line records what made them (the s
 settings, the template prefix and the model's weight fingerprint); a run with anything else is
 refused, so samples of another model are never mixed in. The raw samples are then cleaned by
 :func:`~icon2_lens.instructions.clean.clean_instructions`, which reports how many survive each step.
+
+Batches are fixed slices of the sample indices (``0..batch_size-1``, …) without the samples
+already drawn. Under a multi-process launch (docs/scaling.md) each rank draws its share of the
+batches (round robin) into ``raw.part-<rank>-of-<world>.jsonl``, and rank 0 merges them into the
+raw file in index order, byte-identical to one process's file (:mod:`icon2_lens._shard`).
 """
 
 import json
@@ -32,6 +37,15 @@ from icon2_lens._files import (
     settings_differences,
     write_json,
     write_jsonl,
+)
+from icon2_lens._shard import (
+    Shard,
+    current_shard,
+    main_first,
+    merge_parts,
+    part_files,
+    read_with_parts,
+    wait_for_everyone,
 )
 from icon2_lens._types import LensModel
 from icon2_lens.model.chat import user_turn_template
@@ -133,31 +147,53 @@ def synthesize_raw(
         seed=config.seed,
     )
     path = Path(out) if out is not None else None
-    rows: list[dict[str, Any]] = []
+    shard, rows = Shard(), []
     if path is not None:
         header = {
             "icon2_synthesis": config.settings(),
             "prefix": turn.prefix,
             "model_fingerprint": model_fingerprint(model),
         }
-        rows = _resume_raw(path, header)
-    start = len(rows)
-    if start:
-        log.info("resuming synthesis: %d of %d samples already drawn", start, config.n)
-    starts = range(start, config.n, config.batch_size)
-    for s in tqdm(starts, desc="synthesize", unit="batch", disable=not progress):
-        count = min(config.batch_size, config.n - s)
+        shard = current_shard()
+        with main_first(shard):  # rank 0 writes the header of a new file
+            rows = _resume_raw(path, header)
+        wait_for_everyone(shard)  # every rank has read before any appends
+    done = {r["index"] for r in rows}
+    if done and shard.main:
+        log.info("resuming synthesis: %d of %d samples already drawn", len(done), config.n)
+    batches = [
+        [i for i in range(s, min(s + config.batch_size, config.n)) if i not in done]
+        for s in range(0, config.n, config.batch_size)
+    ]
+    target = shard.part_path(path) if path is not None and shard.sharded else path
+    for batch in tqdm(
+        shard.mine([b for b in batches if b]),
+        desc="synthesize",
+        unit="batch",
+        disable=not (progress and shard.main),
+    ):
         gens: list[Generation] = generate_rows(
-            model, [prefix] * count, decoding, row_seeds=range(s, s + count)
+            model, [prefix] * len(batch), decoding, row_seeds=batch
         )
         new = [
-            {"index": s + j, "text": g.text, "finished": g.finished, "n_tokens": len(g.token_ids)}
-            for j, g in enumerate(gens)
+            {"index": i, "text": g.text, "finished": g.finished, "n_tokens": len(g.token_ids)}
+            for i, g in zip(batch, gens)
         ]
-        if path is not None:
-            append_jsonl(path, new)
+        if target is not None:
+            append_jsonl(target, new)
         rows.extend(new)
+    if path is not None and (shard.sharded or part_files(path)):
+        wait_for_everyone(shard)  # every rank has appended its last batch
+        if shard.main:
+            merge_parts(path, _sample_index, header=1)
+        wait_for_everyone(shard)  # the merged file is complete
+        rows = read_jsonl(path)[1:]
+    rows.sort(key=_sample_index)
     return rows[: config.n]
+
+
+def _sample_index(row: dict[str, Any]) -> int:
+    return row["index"]
 
 
 #: What a difference in a raw file's header key means, for the refusal message.
@@ -165,17 +201,18 @@ _DIFF_MEANING = {"prefix": "another chat template", "model_fingerprint": "anothe
 
 
 def _resume_raw(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
-    """The samples already in ``path`` (its first line must be ``header``), or a new file's header.
+    """The samples already in ``path`` and its part files (the file's first line must be ``header``),
+    or a new file's header.
 
     Raises:
         ValueError: The file was written with other settings, another chat template or another
             model (its weight fingerprint), naming the file and the differences.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    existing = read_jsonl(path, repair=True)
+    existing, rows = read_with_parts(path, _sample_index, header=1)
     if not existing:
         append_jsonl(path, [header])
-        return []
+        return rows
     diff = settings_differences(header, existing[0])
     if diff:
         meaning = [m for key, m in _DIFF_MEANING.items() if key in diff]
@@ -184,7 +221,7 @@ def _resume_raw(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
             f"{', '.join(diff)}{', i.e. ' + ' and '.join(meaning) if meaning else ''}); choose "
             "another output file or delete it"
         )
-    return existing[1:]
+    return rows
 
 
 def synthesize_instructions(

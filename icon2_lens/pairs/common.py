@@ -197,7 +197,12 @@ def run_batches(
     tokenizer: Any,
 ) -> PairsResult:
     for n_batch, batch in enumerate(
-        tqdm(store.todo(kept, batch_size), desc=desc, unit="batch", disable=not progress)
+        tqdm(
+            store.todo(kept, batch_size),
+            desc=desc,
+            unit="batch",
+            disable=not (progress and store.shard.main),
+        )
     ):
         if limit is not None and n_batch >= limit:
             break

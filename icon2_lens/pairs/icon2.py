@@ -24,7 +24,9 @@ Writing is incremental (one fsync'd append per batch) and resumable: every instr
 exactly one line of ``pairs.jsonl`` or ``dropped.jsonl``; a re-run skips the instructions already
 there, and refuses to continue a file written with different settings (``settings.json``).
 Batches are fixed slices of the instruction list and every row samples from its own seeded
-generator, so a resumed run writes the same pairs as an uninterrupted one.
+generator, so a resumed run writes the same pairs as an uninterrupted one. Under a multi-process
+launch the batches are shared out between the processes and merged back byte-identically
+(:class:`~icon2_lens.pairs.store.PairStore`, docs/scaling.md).
 """
 
 import logging
@@ -296,7 +298,8 @@ def generate_pairs(
         out: Directory for ``pairs.jsonl``, ``dropped.jsonl`` and ``settings.json``; resumes
             what is already there.
         progress: Show a progress bar.
-        limit: Stop after this many new batches (for tests of resuming).
+        limit: Stop after this many new batches (for tests of resuming); per process under a
+            multi-process launch.
         source: What made the pairs, recorded as ``icon2_source`` and in ``settings.json``
             (``icon2_unfiltered`` for :func:`icon2_lens.pairs.baselines.make_icon2_unfiltered_pairs`).
             A directory whose ``settings.json`` predates the field counts as ``icon2``.
@@ -345,7 +348,9 @@ def generate_pairs(
         "icon2_model": settings["model"],
         "icon2_model_fingerprint": settings["model_fingerprint"],
     }
-    for n_batch, batch in enumerate(tqdm(todo, desc="pairs", unit="batch", disable=not progress)):
+    for n_batch, batch in enumerate(
+        tqdm(todo, desc="pairs", unit="batch", disable=not (progress and store.shard.main))
+    ):
         if limit is not None and n_batch >= limit:
             break
         prompts = [render_chat(model.tokenizer, k.instruction) for k in batch]

@@ -13,7 +13,17 @@ PKG = Path(icon2_lens.__file__).parent
 MAX_LINES = 600
 #: Top-level modules every subpackage may use (they import nothing of icon2_lens themselves, or only
 #: each other).
-LOW_LEVEL = {"_files", "_types", "_config", "_cache", "_network", "figures", "pages", "testing"}
+LOW_LEVEL = {
+    "_files",
+    "_types",
+    "_config",
+    "_cache",
+    "_network",
+    "_shard",
+    "figures",
+    "pages",
+    "testing",
+}
 
 
 def _modules() -> dict[str, Path]:
