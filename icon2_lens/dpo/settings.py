@@ -32,6 +32,7 @@ _FIXED_CONFIG: dict[str, Any] = {
     "logging_strategy": "steps",
     "push_to_hub": False,
     "dataloader_num_workers": 0,
+    "ddp_find_unused_parameters": False,  # every parameter takes part in the DPO loss
     "dataloader_pin_memory": False,
     "disable_dropout": True,
 }

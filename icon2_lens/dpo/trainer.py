@@ -309,6 +309,8 @@ def _logging_callback() -> Any:
     class _LogToLogger(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
+            if not state.is_world_process_zero:  # several processes: one log, from rank 0
+                return
             if "rewards/accuracies" in logs:
                 logger.info(
                     "step %d/%d  loss %.4f  reward acc %.3f  margin %+.4f  lr %.2e",
