@@ -92,7 +92,14 @@ def _accelerate_state() -> Any:
     # PartialState reads ACCELERATE_USE_CPU only through its `cpu` argument; without it, a CPU-only
     # launch (debug_launcher, torchrun) would come up as one process
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-    return PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and state.num_processes != world:
+        # a one-process state inherited through fork (a parent that trained or generated before
+        # launching, as a notebook or a test session does) describes the parent, not this launch
+        PartialState._reset_state()
+        state = PartialState(cpu=cpu)
+    return state
 
 
 def current_shard() -> Shard:

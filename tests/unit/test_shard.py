@@ -259,3 +259,19 @@ def test_merge_keeps_the_header_sorts_and_drops_duplicates(tmp_path):
     assert not part_files(main)
     assert merge_parts(tmp_path / "none.jsonl", key) == []
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def _world_worker(queue_dir: str) -> None:
+    shard = current_shard()
+    Path(queue_dir, f"rank{shard.rank}").write_text(str(shard.world))
+
+
+def test_a_stale_one_process_state_from_the_parent_is_not_taken_for_the_launch(tmp_path):
+    """A parent that already made an accelerate state (a DPO run, a notebook) and then launches
+    two processes: each child must see the launch (2), not the parent's one-process state."""
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # the parent's own single-process state, inherited through fork
+    _launch(_world_worker, str(tmp_path), n=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"2"}
