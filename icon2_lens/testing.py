@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 __all__ = [
     "TINY_WORDS",
+    "TINY_REQUESTS",
     "JUDGE_LABELS",
     "tiny_tokenizer",
     "tiny_model",
@@ -38,6 +39,20 @@ TINY_WORDS: tuple[str, ...] = tuple(
         "fix make plan trip money save learn word , . ? !"
     ).split()
 )
+
+TINY_REQUESTS: tuple[str, ...] = (
+    "tell me a story",
+    "how do i fix my code",
+    "what is good food",
+    "write a poem about the cat",
+    "help me plan a trip",
+    "explain money",
+    "why is the dog happy",
+    "make a list of food",
+    "the cat sat on the mat",
+    "i am very happy",
+)
+"""Ten requests written in :data:`TINY_WORDS` only, for tests that generate with a tiny model."""
 
 _CHAT_TEMPLATE = (
     "{{ '<bos>' }}{% for m in messages %}{{ '<turn> ' + m['role'] + ' : ' + m['content'] + ' <end> ' }}"

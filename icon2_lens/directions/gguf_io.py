@@ -53,7 +53,7 @@ import torch
 from icon2_lens._files import json_safe, write_bytes
 from icon2_lens.model.hooks import resid_hook_name
 
-from .imported import imported_fields
+from .imported import check_widths, imported_fields
 from .vectors import check_unit_vectors
 
 __all__ = [
@@ -254,9 +254,6 @@ def _vectors(reader: Any, path: Path) -> dict[int, np.ndarray]:
         out[n] = np.array(t.data, dtype=np.float32).reshape(-1)
     if not out:
         raise ValueError(f"{path} holds no direction.N tensor; it is not a control vector")
-    widths = sorted({v.shape[0] for v in out.values()})
-    if len(widths) > 1:
-        raise ValueError(f"{path}: its vectors have different widths {widths}; the file is damaged")
     return dict(sorted(out.items()))
 
 
@@ -304,12 +301,7 @@ def read_gguf_fields(
             f"({' or '.join(ARCHITECTURES)}); give a control-vector file, not a model"
         )
     found = _vectors(reader, p)
-    width = next(iter(found.values())).shape[0]
-    if d_model is not None and width != d_model:
-        raise ValueError(
-            f"{p} holds vectors of width {width}, the model's residual stream has {d_model}: "
-            "the file was made for another model; use a control vector of this model"
-        )
+    check_widths(p, [v.shape[0] for v in found.values()], d_model, "a control vector")
     raw = _field(reader, META_KEY)
     if isinstance(raw, str):
         return _own_fields(p, json.loads(raw), found)

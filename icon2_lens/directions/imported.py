@@ -14,7 +14,27 @@ import torch
 
 from .vectors import IMPORTED, UNIT_TOLERANCE
 
-__all__ = ["imported_fields"]
+__all__ = ["check_widths", "imported_fields"]
+
+
+def check_widths(source: Any, widths: Sequence[int], d_model: int | None, what: str) -> int:
+    """The one width of a file's vectors; refuses mixed widths and a width other than ``d_model``.
+
+    Example:
+        >>> check_widths("f", [4, 4], 4, "steering vectors")
+        4
+    """
+    found = sorted(set(widths))
+    if len(found) > 1:
+        raise ValueError(
+            f"{source}: its vectors have different widths {found}; the file is damaged"
+        )
+    if d_model is not None and found[0] != d_model:
+        raise ValueError(
+            f"{source} holds vectors of width {found[0]}, the model's residual stream has "
+            f"{d_model}: the file was made for another model; use {what} of this model"
+        )
+    return found[0]
 
 
 def imported_fields(

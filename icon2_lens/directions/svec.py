@@ -25,7 +25,7 @@ import torch
 from icon2_lens._files import read_utf8, write_text
 
 from .gguf_io import gguf_index
-from .imported import imported_fields
+from .imported import check_widths, imported_fields
 
 __all__ = ["write_svec", "read_svec_fields", "SVEC_SUFFIX"]
 
@@ -103,16 +103,9 @@ def read_svec_fields(
                 f"{p}: layer key {key!r} is not a non-negative integer; the file is damaged"
             )
         rows[int(key)] = _vector(p, key, value)
-    widths = sorted({len(v) for v in rows.values()})
-    if len(widths) > 1:
-        raise ValueError(f"{p}: its vectors have different widths {widths}; the file is damaged")
+    check_widths(p, [len(v) for v in rows.values()], d_model, "steering vectors")
     layers = sorted(rows)
     variances = body.get("explained_variances") or {}
-    if d_model is not None and widths[0] != d_model:
-        raise ValueError(
-            f"{p} holds vectors of width {widths[0]}, the model's residual stream has {d_model}: "
-            "the file was made for another model; use steering vectors of this model"
-        )
     return imported_fields(
         torch.tensor([rows[layer] for layer in layers], dtype=torch.float32),
         layers,

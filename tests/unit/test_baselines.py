@@ -25,18 +25,9 @@ from icon2_lens.pairs.common import BaselineConfig, sample_seed
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 from icon2_lens.pairs.ranking import make_sampling_ranking_pairs, make_self_rewarding_pairs
 from icon2_lens.pairs.records import validate_pairs
-from icon2_lens.testing import tiny_causal_lm, tiny_tokenizer
+from icon2_lens.testing import TINY_REQUESTS, tiny_causal_lm, tiny_tokenizer
 
-WORDS = [
-    "tell me a story",
-    "how do i fix my code",
-    "what is good food",
-    "write a poem about the cat",
-    "help me plan a trip",
-    "explain money",
-    "why is the dog happy",
-    "make a list of food",
-]
+WORDS = list(TINY_REQUESTS[:8])
 CRITERIA = ("helpfulness", "honesty")
 CFG = BaselineConfig(
     n_samples=4,

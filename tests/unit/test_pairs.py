@@ -11,17 +11,9 @@ from icon2_lens.judge.rules import degeneracy, repetition_rate
 from icon2_lens.model.chat import encode_prompts, render_chat
 from icon2_lens.model.generate import generate_rows
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
+from icon2_lens.testing import TINY_REQUESTS
 
-WORDS = [
-    "tell me a story",
-    "how do i fix my code",
-    "what is good food",
-    "write a poem about the cat",
-    "help me plan a trip",
-    "explain money",
-    "why is the dog happy",
-    "make a list of food",
-]
+WORDS = list(TINY_REQUESTS[:8])
 
 
 def _sets(model, names=("a", "b"), d=None):

@@ -27,20 +27,9 @@ from icon2_lens.consistency.filter import KeptInstruction
 from icon2_lens.directions.set import DirectionSet
 from icon2_lens.pairs.icon2 import PairConfig, generate_pairs
 from icon2_lens.pairs.store import PairStore
-from icon2_lens.testing import tiny_model
+from icon2_lens.testing import TINY_REQUESTS, tiny_model
 
-WORDS = [
-    "tell me a story",
-    "how do i fix my code",
-    "what is good food",
-    "write a poem about the cat",
-    "help me plan a trip",
-    "explain money",
-    "why is the dog happy",
-    "make a list of food",
-    "the cat sat on the mat",
-    "i am very happy",
-]
+WORDS = list(TINY_REQUESTS)
 
 
 class _Stop(Exception):
