@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from icon2_lens._config import check_names, documented, option
 from icon2_lens.directions.confounds import CONFOUNDS, check_confounds
 from icon2_lens.directions.wording import WORDING_THRESHOLD
-from icon2_lens.pairs.icon2 import DEFAULT_GAMMA_NEG, DEFAULT_GAMMA_POS
+from icon2_lens.pairs.icon2 import DEFAULT_GAMMA_NEG
 
 from .data import DOMAINS, check_domains
 from .shortcuts import SHORTCUT_THRESHOLD
@@ -41,7 +41,9 @@ class AuditConfig:
         "recommended interval",
     )
     gamma_pos: float = option(
-        DEFAULT_GAMMA_POS, help="γ⁺ of the behavioural tests (the pairs' default)"
+        -DEFAULT_GAMMA_NEG,
+        help="γ⁺ of the behavioural tests (default: the mirror of the pairs' γ⁻, since the "
+        "default one-sided pairs do not steer their chosen answer)",
     )
     gamma_neg: float = option(
         DEFAULT_GAMMA_NEG, help="γ⁻ of the behavioural tests (the pairs' default)"

@@ -60,6 +60,7 @@ __all__ = [
     "write_gguf",
     "read_gguf_fields",
     "gguf_index",
+    "split_writable",
     "is_gguf",
     "ARCHITECTURES",
     "META_KEY",
@@ -90,6 +91,17 @@ def gguf_index(layer: int, site: str) -> int:
             "to block outputs only); extract with --site resid_post to export it"
         )
     return int(layer) + _OFFSET[site]
+
+
+def split_writable(layers: Sequence[int], site: str) -> tuple[list[int], list[int]]:
+    """Split ``layers`` into those a GGUF control vector can hold and those it cannot (block 0).
+
+    Example:
+        >>> split_writable([0, 1, 2], "resid_post"), split_writable([1, 2], "resid_pre")
+        (([1, 2], [0]), ([2], [1]))
+    """
+    kept = [int(x) for x in layers if gguf_index(x, site) >= 1]
+    return kept, [int(x) for x in layers if gguf_index(x, site) < 1]
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -165,9 +177,8 @@ def write_gguf(
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
     chosen = sorted(set(int(x) for x in (layers if layers is not None else ds.layers)))
-    index = {layer: gguf_index(layer, ds.site) for layer in chosen}
-    dropped = [layer for layer in chosen if index[layer] < 1]
-    kept = [layer for layer in chosen if index[layer] >= 1]
+    kept, dropped = split_writable(chosen, ds.site)
+    index = {layer: gguf_index(layer, ds.site) for layer in kept}
     if not kept:
         raise ValueError(
             f"none of layers {chosen} ({ds.site}) can be written: llama.cpp has no slot for the "

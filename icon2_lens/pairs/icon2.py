@@ -64,9 +64,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Defaults chosen by ``icon2-lens sweep`` on the embedded model (see docs/results.md); re-run the
-#: sweep for another model.
-DEFAULT_GAMMA_POS = 0.02
+#: Defaults measured on the embedded model (see docs/results.md): one-sided pairs (the chosen
+#: answer is the unsteered one, γ⁺ = 0) against the rejected answer at γ⁻ = −0.02, on the layers the
+#: sweep chose. They gave the only DPO model an independent judge prefers to the base (two-sided
+#: pairs at γ⁺ = +0.02 did not); re-run the sweep and the comparison for another model.
+DEFAULT_GAMMA_POS = 0.0
 DEFAULT_GAMMA_NEG = -0.02
 DEFAULT_LAYERS: tuple[int, ...] = tuple(range(13, 23))
 
@@ -77,7 +79,9 @@ class PairConfig:
     """How Icon² pairs are made; what changes the pairs is recorded in ``settings.json`` and each record."""
 
     gamma_pos: float = option(
-        DEFAULT_GAMMA_POS, help="γ⁺ of the chosen answer (positive; sweep-chosen on SmolLM2)"
+        DEFAULT_GAMMA_POS,
+        help="γ⁺ of the chosen answer: 0 = the unsteered answer (one-sided pairs, measured best "
+        "on SmolLM2 by judges that read no direction), positive = pushed along the criterion",
     )
     gamma_neg: float = option(
         DEFAULT_GAMMA_NEG, help="γ⁻ of the rejected answer (negative; sweep-chosen on SmolLM2)"
