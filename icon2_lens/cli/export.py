@@ -3,9 +3,8 @@
 from pathlib import Path
 
 from icon2_lens._config import ConfigError, parse_layer_spec
-from icon2_lens.directions.exchange import FORMATS, export_directions
+from icon2_lens.directions.exchange import FORMATS, export_directions, written_layers
 from icon2_lens.directions.folder import load_extraction
-from icon2_lens.directions.gguf_io import split_writable
 from icon2_lens.directions.set import CFG_FILE, load_direction_set
 from icon2_lens.directions.steer import UNITS
 
@@ -96,9 +95,7 @@ def run(args) -> Result:
         layers=layers,
         model_hint=args.model_hint,
     )
-    kept = list(layers or ds.layers)
-    if args.format == "gguf":
-        kept = split_writable(sorted(set(kept)), ds.site)[0]
+    kept = written_layers(ds, args.format, layers)
     return Result(
         summary={
             "criterion": ds.criterion,

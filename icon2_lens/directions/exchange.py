@@ -23,14 +23,15 @@ Example:
     True
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .gguf_io import is_gguf, write_gguf
+from .gguf_io import is_gguf, split_writable, write_gguf
 from .set import CFG_FILE, DirectionSet, check_compatible, load_direction_set, save_direction_set
 from .svec import read_svec_fields, write_svec
 
-__all__ = ["FORMATS", "detect_format", "export_directions", "import_directions"]
+__all__ = ["FORMATS", "detect_format", "export_directions", "written_layers", "import_directions"]
 
 FORMATS: tuple[str, ...] = ("gguf", "svec", "icon2_lens")
 
@@ -90,6 +91,22 @@ def export_directions(
     if fmt == "svec":
         return write_svec(sub, path, model_type=model_hint)
     return save_direction_set(sub, path)
+
+
+def written_layers(
+    ds: DirectionSet, fmt: str = "gguf", layers: Sequence[int] | None = None
+) -> list[int]:
+    """The layers :func:`export_directions` writes for ``fmt``: ``layers`` (default: the set's),
+    without block 0 in a GGUF (llama.cpp has no slot for its output).
+
+    Example:
+        >>> import torch
+        >>> ds = DirectionSet(criterion="toy", layers=(0, 1, 2), vectors=torch.eye(3, 4), method="pca")
+        >>> written_layers(ds), written_layers(ds, "svec"), written_layers(ds, "gguf", [2, 0])
+        ([1, 2], [0, 1, 2], [2])
+    """
+    chosen = sorted({int(x) for x in (layers if layers is not None else ds.layers)})
+    return split_writable(chosen, ds.site)[0] if fmt == "gguf" else chosen
 
 
 def import_directions(

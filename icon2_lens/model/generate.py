@@ -179,6 +179,14 @@ def _pick(logits: Tensor, decoding: Decoding, generators: list[torch.Generator])
     return torch.cat(out)
 
 
+def _skip_draws(generators: list[torch.Generator], draws: Sequence[int], vocab: int) -> None:
+    """Advance each row's generator past the sampling draws it made before (one per token)."""
+    flat = torch.ones(vocab)
+    for g, n in zip(generators, draws):
+        for _ in range(int(n)):
+            torch.multinomial(flat, 1, generator=g)
+
+
 @torch.no_grad()
 def _generate_batch(
     model: LensModel,
@@ -188,6 +196,7 @@ def _generate_batch(
     decoding: Decoding,
     stops: set[int],
     row_seeds: Sequence[int],
+    row_draws: Sequence[int] = (),
 ) -> list[tuple[list[int], bool]]:
     net = twin if twin is not None else model.original_model
     ids, mask = pad_left(model.tokenizer, rows)
@@ -228,6 +237,8 @@ def _generate_batch(
                 )
                 count_forward(int(mask.sum()), generated=seq.shape[0])
             logits = result.logits[:, -1, :]
+            if step == 0 and decoding.do_sample:
+                _skip_draws(generators, row_draws, logits.shape[-1])
             token = _pick(logits, decoding, [generators[i] for i in active.tolist()])
             done = (
                 torch.isin(token, stop_tensor)
@@ -267,13 +278,17 @@ def generate_rows(
     backend: str = "auto",
     editors: Sequence[ResidualEditor] = (),
     row_ids: Sequence[int] | None = None,
+    row_draws: Sequence[int] | None = None,
 ) -> list[Generation]:
     """Generate one continuation per token row, as one batch (see :func:`generate`).
 
     ``steering`` (e.g. :class:`~icon2_lens.directions.steer.SteeringSpec`, which may carry one γ
     per row) and ``editors`` are residual editors; each is checked against the model and the
     batch before any work, then bound to this batch with ``row_ids`` (default ``0..n-1``) and the
-    padded prompt length. Steering comes first, then the editors.
+    padded prompt length. Steering comes first, then the editors. ``row_draws`` (with sampling)
+    is how many tokens each row already sampled from its seed: a row that continues tokens an
+    earlier call sampled goes on with the same random stream, so unsteered it samples what one
+    uninterrupted call would have.
     """
     decoding = decoding or Decoding()
     if len(rows) == 0:
@@ -288,6 +303,9 @@ def generate_rows(
     row_seeds = list(range(len(rows))) if row_seeds is None else list(row_seeds)
     if len(row_seeds) != len(rows):
         raise ValueError(f"{len(row_seeds)} row seeds for {len(rows)} rows")
+    row_draws = [0] * len(rows) if row_draws is None else [int(d) for d in row_draws]
+    if len(row_draws) != len(rows) or min(row_draws) < 0:
+        raise ValueError(f"need one draw count >= 0 per row, got {row_draws} for {len(rows)} rows")
     editors = [*steering, *editors]
     for editor in editors:
         editor.check(model, len(rows))  # validate before any work
@@ -303,7 +321,7 @@ def generate_rows(
         return out
 
     stops = stop_token_ids(model.tokenizer)
-    raw = _generate_batch(model, twin, rows, adders_for, decoding, stops, row_seeds)
+    raw = _generate_batch(model, twin, rows, adders_for, decoding, stops, row_seeds, row_draws)
     tok = model.tokenizer
     return [Generation(tok.decode(t, skip_special_tokens=True).strip(), t, f) for t, f in raw]
 

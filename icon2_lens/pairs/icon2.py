@@ -8,6 +8,12 @@ Chosen and rejected rows of several instructions — possibly of different crite
 batch: each criterion gets one steering spec whose per-row γ is γ⁺ on its chosen rows, γ⁻ on its
 rejected rows and exactly 0 elsewhere.
 
+With ``shared_prefix = P`` (16 by default) the rejected answer is not started from the prompt: it
+repeats the chosen answer's first ``min(P, max_new_tokens // 2, len(chosen) // 2)`` tokens and continues from there at γ⁻ (with
+``positions="generated"``, steering starts at the last shared token). Both answers then open
+alike, so an opener (an apology, a greeting) cannot tell them apart; what DPO can learn from is
+the continuation. The tokens shared are recorded as ``icon2_shared_prefix``.
+
 Records follow TRL's conversational preference format with an explicit prompt, plus flat
 ``icon2_*`` provenance columns::
 
@@ -45,7 +51,7 @@ from icon2_lens.directions.orthogonal import orthogonalize
 from icon2_lens.directions.set import DirectionSet, check_compatible, direction_set_id
 from icon2_lens.directions.steer import SteeringSpec
 from icon2_lens.model.chat import encode_prompts, render_chat
-from icon2_lens.model.generate import Decoding, generate_rows
+from icon2_lens.model.generate import Decoding, Generation, generate_rows
 from icon2_lens.model.load import model_fingerprint
 
 from .records import KeptInstruction, PairsResult, sort_pair
@@ -57,6 +63,7 @@ __all__ = [
     "DEFAULT_GAMMA_POS",
     "DEFAULT_GAMMA_NEG",
     "DEFAULT_LAYERS",
+    "DEFAULT_SHARED_PREFIX",
     "orthogonalize_sets",
     "check_gamma_signs",
     "MAX_RELATIVE_GAMMA",
@@ -71,6 +78,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GAMMA_POS = 0.0
 DEFAULT_GAMMA_NEG = -0.02
 DEFAULT_LAYERS: tuple[int, ...] = tuple(range(13, 23))
+#: The rejected answer repeats the chosen answer's first 16 tokens (about its first sentence), so
+#: the two cannot be told apart by their openers (see :class:`PairConfig`).
+DEFAULT_SHARED_PREFIX = 16
 
 
 @documented
@@ -101,6 +111,13 @@ class PairConfig:
         help="steered positions: all (prompt and answer) or generated (from the last prompt token on)",
     )
     max_new_tokens: int = option(128, help="answer budget in tokens")
+    shared_prefix: int = option(
+        DEFAULT_SHARED_PREFIX,
+        help="tokens of the chosen answer the rejected one starts with before it continues at γ⁻ "
+        "(at most half of either budget): identical openers leave DPO only the continuation to "
+        "tell apart (measured on SmolLM2: no surface cue left, see docs/results.md); 0 = both "
+        "answers start at the prompt",
+    )
     do_sample: bool = option(
         False, aliases=("--sample",), help="seeded sampling instead of greedy decoding"
     )
@@ -148,6 +165,8 @@ class PairConfig:
             check_gamma_signs(self.gamma_pos, self.gamma_neg, self.unit)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.shared_prefix < 0:
+            raise ValueError(f"shared_prefix must be >= 0, got {self.shared_prefix}")
         if not 0.5 < self.max_cue <= 1:
             raise ValueError(f"max_cue must be in (0.5, 1], got {self.max_cue}")
         if not 0 <= self.max_gate_drop < 1:
@@ -180,6 +199,7 @@ class PairConfig:
             "max_repetition": self.max_repetition,
             # recorded only when used, so pairs made before the option keep their settings
             **({"orthogonalize": list(self.orthogonalize)} if self.orthogonalize else {}),
+            **({"shared_prefix": self.shared_prefix} if self.shared_prefix else {}),
             **({"allow_any_gamma": True} if self.allow_any_gamma else {}),
         }
 
@@ -359,34 +379,10 @@ def generate_pairs(
             break
         prompts = [render_chat(model.tokenizer, k.instruction) for k in batch]
         rows = encode_prompts(model.tokenizer, prompts, max_len=n_ctx)
-        k = len(batch)
-        specs = []
-        for name in sorted({item.criterion for item in batch}):
-            gammas = [config.gamma_pos if item.criterion == name else 0.0 for item in batch]
-            gammas += [config.gamma_neg if item.criterion == name else 0.0 for item in batch]
-            specs.append(
-                SteeringSpec(
-                    directions=sets[name],
-                    gamma=gammas,
-                    layers=layers[name],
-                    unit=config.unit,
-                    positions=config.positions,
-                    prompt_len=1,
-                )
-            )
-        # chosen and rejected share a seed: with sampling, the only difference between them is γ
-        seeds = [item.index for item in batch] * 2
-        gens = generate_rows(
-            model,
-            rows + rows,
-            config.decoding,
-            steering=specs,
-            row_seeds=seeds,
-            backend=config.backend,
-        )
+        chosen, rejected, shared = _answer_batch(model, batch, rows, sets, layers, config)
         new_pairs, new_drops = [], []
         for j, item in enumerate(batch):
-            c, r = gens[j], gens[k + j]
+            c, r = chosen[j], rejected[j]
             ds = sets[item.criterion]
             prov = {
                 **prov_common,
@@ -395,7 +391,84 @@ def generate_pairs(
                 "icon2_direction_id": settings["direction_ids"][item.criterion],
                 "icon2_chosen_finished": c.finished,
                 "icon2_rejected_finished": r.finished,
+                **({"icon2_shared_prefix": shared[j]} if config.shared_prefix else {}),
             }
             sort_pair(item, c, r, prov, config.max_repetition, new_pairs, new_drops)
         store.add(new_pairs, new_drops)
     return store.result()
+
+
+def _specs(indexed, sets, layers, config: PairConfig, gamma_of) -> list[SteeringSpec]:
+    """One steering spec per criterion of the ``(row, item)`` pairs in ``indexed``; ``gamma_of(row,
+    item)`` is the row's γ under its own criterion (it gets 0 under the others)."""
+    specs = []
+    for name in sorted({item.criterion for _, item in indexed}):
+        gammas = [gamma_of(j, item) if item.criterion == name else 0.0 for j, item in indexed]
+        specs.append(
+            SteeringSpec(
+                directions=sets[name],
+                gamma=gammas,
+                layers=layers[name],
+                unit=config.unit,
+                positions=config.positions,
+                prompt_len=1,
+            )
+        )
+    return specs
+
+
+def _answer_batch(
+    model: LensModel, batch, rows, sets, layers, config: PairConfig
+) -> tuple[list[Generation], list[Generation], list[int]]:
+    """Chosen and rejected answers of one batch, and how many tokens each pair shares.
+
+    Without a shared prefix, chosen (γ⁺) and rejected (γ⁻) rows run as one batch. With
+    ``config.shared_prefix``, the chosen answers come first; each rejected row is its prompt plus
+    the chosen answer's first ``min(shared_prefix, max_new_tokens // 2, len(chosen) // 2)``
+    tokens, continued at γ⁻ for ``max_new_tokens - min(shared_prefix, max_new_tokens // 2)``
+    tokens at most (so the rejected answer never exceeds the budget). With sampling, the
+    continuation goes on with the instruction's random stream past the shared tokens, so at γ⁻ = 0
+    it is the chosen answer. Chosen and rejected share each instruction's seed.
+    """
+    k, seeds = len(batch), [item.index for item in batch]
+    rows_of = list(enumerate(batch))
+    if not config.shared_prefix:
+        both = rows_of + [(j + k, item) for j, item in rows_of]
+        specs = _specs(
+            both, sets, layers, config, lambda j, _: config.gamma_pos if j < k else config.gamma_neg
+        )
+        gens = generate_rows(
+            model,
+            rows + rows,
+            config.decoding,
+            steering=specs,
+            row_seeds=seeds * 2,
+            backend=config.backend,
+        )
+        return gens[:k], gens[k:], [0] * k
+    pos = _specs(rows_of, sets, layers, config, lambda *_: config.gamma_pos)
+    chosen = generate_rows(
+        model, rows, config.decoding, steering=pos, row_seeds=seeds, backend=config.backend
+    )
+    most = min(config.shared_prefix, config.max_new_tokens // 2)
+    shared = [min(most, len(c.token_ids) // 2) for c in chosen]
+    prefixed = [list(row) + c.token_ids[:n] for row, c, n in zip(rows, chosen, shared)]
+    budget = replace(config.decoding, max_new_tokens=config.max_new_tokens - most)
+    neg = _specs(rows_of, sets, layers, config, lambda *_: config.gamma_neg)
+    tails = generate_rows(
+        model,
+        prefixed,
+        budget,
+        steering=neg,
+        row_seeds=seeds,
+        row_draws=shared,
+        backend=config.backend,
+    )
+    tok = model.tokenizer
+    rejected = []
+    for c, t, n in zip(chosen, tails, shared):
+        ids = c.token_ids[:n] + t.token_ids
+        rejected.append(
+            Generation(tok.decode(ids, skip_special_tokens=True).strip(), ids, t.finished)
+        )
+    return chosen, rejected, shared

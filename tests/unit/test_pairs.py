@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -46,6 +47,7 @@ CFG = PairConfig(
     max_new_tokens=8,
     do_sample=True,
     seed=1,
+    shared_prefix=0,
 )
 
 
@@ -90,6 +92,51 @@ def test_pairs_equal_separately_steered_generations(tiny):
             assert by_index[item.index][key][0]["content"] == alone.text
 
 
+@pytest.mark.parametrize("prefix", [3, 100])
+def test_shared_prefix_rejected_continues_the_chosen_opening_at_gamma_neg(tiny, tmp_path, prefix):
+    """The chosen answers do not change; each rejected one is the chosen answer's first
+    min(P, half the budget, half the chosen answer) tokens continued under γ⁻ alone, within what
+    is left of the budget."""
+    sets, kept = _sets(tiny), _kept()[:4]
+    cfg = replace(CFG, shared_prefix=prefix)
+    most = min(prefix, CFG.max_new_tokens // 2)
+    res = generate_pairs(tiny, kept, sets, cfg, out=tmp_path / "p3", progress=False)
+    plain = generate_pairs(tiny, kept, sets, CFG, progress=False)
+    by_index = {r["icon2_index"]: r for r in res.records + res.dropped}
+    plain_by_index = {r["icon2_index"]: r for r in plain.records + plain.dropped}
+    budget = replace(CFG.decoding, max_new_tokens=CFG.max_new_tokens - most)
+    shared = []
+    for item in kept:
+        rec = by_index[item.index]
+        assert rec["chosen"] == plain_by_index[item.index]["chosen"]
+        rows = encode_prompts(tiny.tokenizer, [render_chat(tiny.tokenizer, item.instruction)])
+        pos = SteeringSpec(directions=sets[item.criterion], gamma=0.4, layers=[0, 1, 2])
+        chosen = generate_rows(tiny, rows, CFG.decoding, steering=[pos], row_seeds=[item.index])[0]
+        n = min(most, len(chosen.token_ids) // 2)
+        assert rec["icon2_shared_prefix"] == n
+        shared.append(n)
+        neg = SteeringSpec(directions=sets[item.criterion], gamma=-0.4, layers=[0, 1, 2])
+        tail = generate_rows(
+            tiny,
+            [rows[0] + chosen.token_ids[:n]],
+            budget,
+            steering=[neg],
+            row_seeds=[item.index],
+            row_draws=[n],
+        )[0]
+        ids = chosen.token_ids[:n] + tail.token_ids
+        assert len(ids) <= CFG.max_new_tokens
+        expected = tiny.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        assert rec["rejected"][0]["content"] == expected
+    assert max(shared) == most  # the prefix is used where the chosen answer is long enough
+    # pairs written without a shared prefix are not continued with one
+    generate_pairs(tiny, kept[:2], sets, CFG, out=tmp_path / "p0", progress=False)
+    with pytest.raises(ValueError, match="different settings"):
+        generate_pairs(tiny, kept[:2], sets, cfg, out=tmp_path / "p0", progress=False)
+    with pytest.raises(ValueError, match="shared_prefix"):
+        replace(CFG, shared_prefix=-1)
+
+
 def test_resume_after_interruption_gives_every_pair_once(tiny, tmp_path):
     sets = _sets(tiny)
     full = generate_pairs(tiny, _kept(), sets, CFG, out=tmp_path / "full", progress=False)
@@ -122,8 +169,12 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
         generate_pairs(tiny, _kept()[:2], sets, other, out=tmp_path, progress=False)
 
 
-def test_identical_and_degenerate_outputs_are_dropped_and_counted(tiny):
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_identical_and_degenerate_outputs_are_dropped_and_counted(tiny, prefix):
+    """γ = 0 on both sides gives identical answers, also when the rejected one is sampled as the
+    continuation of the chosen answer's first tokens (it goes on with the same random stream)."""
     cfg = PairConfig(
+        shared_prefix=prefix,
         gamma_pos=0.0,
         gamma_neg=0.0,
         allow_any_gamma=True,  # γ = 0 on both sides: every pair is identical
