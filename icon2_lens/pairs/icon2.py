@@ -8,11 +8,12 @@ Chosen and rejected rows of several instructions — possibly of different crite
 batch: each criterion gets one steering spec whose per-row γ is γ⁺ on its chosen rows, γ⁻ on its
 rejected rows and exactly 0 elsewhere.
 
-With ``shared_prefix = P`` (16 by default) the rejected answer is not started from the prompt: it
-repeats the chosen answer's first ``min(P, max_new_tokens // 2, len(chosen) // 2)`` tokens and continues from there at γ⁻ (with
-``positions="generated"``, steering starts at the last shared token). Both answers then open
-alike, so an opener (an apology, a greeting) cannot tell them apart; what DPO can learn from is
-the continuation. The tokens shared are recorded as ``icon2_shared_prefix``.
+With ``shared_prefix = P`` the rejected answer is not started from the prompt: it
+repeats the chosen answer's first ``min(P, max_new_tokens // 2, len(chosen) // 2)`` tokens and
+continues from there at γ⁻ (with ``positions="generated"``, steering starts at the last shared
+token). Both answers then open alike, so an opener (an apology, a greeting) cannot tell them
+apart; what DPO can learn from is the continuation. The tokens shared are recorded as
+``icon2_shared_prefix``. (``icon2-lens sweep`` judges answers started at the prompt.)
 
 Records follow TRL's conversational preference format with an explicit prompt, plus flat
 ``icon2_*`` provenance columns::
@@ -63,7 +64,6 @@ __all__ = [
     "DEFAULT_GAMMA_POS",
     "DEFAULT_GAMMA_NEG",
     "DEFAULT_LAYERS",
-    "DEFAULT_SHARED_PREFIX",
     "orthogonalize_sets",
     "check_gamma_signs",
     "MAX_RELATIVE_GAMMA",
@@ -78,9 +78,6 @@ log = logging.getLogger(__name__)
 DEFAULT_GAMMA_POS = 0.0
 DEFAULT_GAMMA_NEG = -0.02
 DEFAULT_LAYERS: tuple[int, ...] = tuple(range(13, 23))
-#: The rejected answer repeats the chosen answer's first 16 tokens (about its first sentence), so
-#: the two cannot be told apart by their openers (see :class:`PairConfig`).
-DEFAULT_SHARED_PREFIX = 16
 
 
 @documented
@@ -112,11 +109,11 @@ class PairConfig:
     )
     max_new_tokens: int = option(128, help="answer budget in tokens")
     shared_prefix: int = option(
-        DEFAULT_SHARED_PREFIX,
+        0,
         help="tokens of the chosen answer the rejected one starts with before it continues at γ⁻ "
-        "(at most half of either budget): identical openers leave DPO only the continuation to "
-        "tell apart (measured on SmolLM2: no surface cue left, see docs/results.md); 0 = both "
-        "answers start at the prompt",
+        "(at most half of either budget), so that no opener tells them apart; 0 = both answers "
+        "start at the prompt (on SmolLM2, 16 removed the surface cues but also most of the "
+        "relevance gain over the base: docs/results.md)",
     )
     do_sample: bool = option(
         False, aliases=("--sample",), help="seeded sampling instead of greedy decoding"

@@ -56,14 +56,9 @@ def test_a_run_folder_written_before_the_redesign_reads_back_as_its_preset(name,
     preset = cls.from_toml(ROOT / "configs" / f"{name}.toml")
     restored = cls.from_dict(old)
     # settings changed on purpose since (issue 11): judges that read no direction joined the
-    # default list, the default run balances criteria and makes one-sided pairs whose rejected
-    # answer shares the chosen one's opening; a folder keeps what it recorded
-    changed = {
-        ("eval", "judges"),
-        ("filter", "balance"),
-        ("pairs", "gamma_pos"),
-        ("pairs", "shared_prefix"),
-    }
+    # default list, the default run balances criteria and makes one-sided pairs; a folder keeps
+    # what it recorded
+    changed = {("eval", "judges"), ("filter", "balance"), ("pairs", "gamma_pos")}
     for section, key in changed:
         mine, now = getattr(restored, section, None), getattr(preset, section, None)
         if mine is not None and getattr(mine, key) != getattr(now, key):

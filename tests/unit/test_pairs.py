@@ -47,7 +47,6 @@ CFG = PairConfig(
     max_new_tokens=8,
     do_sample=True,
     seed=1,
-    shared_prefix=0,
 )
 
 
