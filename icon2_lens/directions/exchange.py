@@ -87,7 +87,7 @@ def export_directions(
         raise ValueError(
             f"{fmt} holds unit vectors, so a scale cannot be baked in; drop --scale or use --format gguf"
         )
-    sub = ds.subset(sorted(set(layers))) if layers is not None else ds
+    sub = ds.subset(written_layers(ds, fmt, layers)) if layers is not None else ds
     if fmt == "svec":
         return write_svec(sub, path, model_type=model_hint)
     return save_direction_set(sub, path)
@@ -105,8 +105,8 @@ def written_layers(
         >>> written_layers(ds), written_layers(ds, "svec"), written_layers(ds, "gguf", [2, 0])
         ([1, 2], [0, 1, 2], [2])
     """
-    chosen = sorted({int(x) for x in (layers if layers is not None else ds.layers)})
-    return split_writable(chosen, ds.site)[0] if fmt == "gguf" else chosen
+    chosen = ds.layers if layers is None else layers
+    return split_writable(chosen, ds.site)[0] if fmt == "gguf" else sorted({int(x) for x in chosen})
 
 
 def import_directions(

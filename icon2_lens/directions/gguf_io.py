@@ -94,14 +94,18 @@ def gguf_index(layer: int, site: str) -> int:
 
 
 def split_writable(layers: Sequence[int], site: str) -> tuple[list[int], list[int]]:
-    """Split ``layers`` into those a GGUF control vector can hold and those it cannot (block 0).
+    """Split ``layers`` (sorted, each once) into those a GGUF control vector can hold and those it
+    cannot (block 0's output).
 
     Example:
-        >>> split_writable([0, 1, 2], "resid_post"), split_writable([1, 2], "resid_pre")
+        >>> split_writable([2, 0, 1, 2], "resid_post"), split_writable([1, 2], "resid_pre")
         (([1, 2], [0]), ([2], [1]))
     """
-    kept = [int(x) for x in layers if gguf_index(x, site) >= 1]
-    return kept, [int(x) for x in layers if gguf_index(x, site) < 1]
+    kept: list[int] = []
+    dropped: list[int] = []
+    for layer in sorted({int(x) for x in layers}):
+        (kept if gguf_index(layer, site) >= 1 else dropped).append(layer)
+    return kept, dropped
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -176,12 +180,11 @@ def write_gguf(
 
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
-    chosen = sorted(set(int(x) for x in (layers if layers is not None else ds.layers)))
-    kept, dropped = split_writable(chosen, ds.site)
+    kept, dropped = split_writable(ds.layers if layers is None else layers, ds.site)
     index = {layer: gguf_index(layer, ds.site) for layer in kept}
     if not kept:
         raise ValueError(
-            f"none of layers {chosen} ({ds.site}) can be written: llama.cpp has no slot for the "
+            f"none of layers {dropped} ({ds.site}) can be written: llama.cpp has no slot for the "
             "output of block 0 (it rejects direction.0); choose layers from 1 on"
         )
     if dropped:

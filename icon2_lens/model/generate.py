@@ -114,6 +114,13 @@ class Generation:
     token_ids: list[int] = field(repr=False)
     finished: bool
 
+    @classmethod
+    def decoded(cls, tokenizer, token_ids: list[int], finished: bool) -> "Generation":
+        """The generation of ``token_ids``, its text decoded as :attr:`text` describes."""
+        return cls(
+            tokenizer.decode(token_ids, skip_special_tokens=True).strip(), token_ids, finished
+        )
+
 
 def stop_token_ids(tokenizer) -> set[int]:
     """Token ids that end an assistant or user turn: EOS plus the template's end-of-turn token.
@@ -322,8 +329,7 @@ def generate_rows(
 
     stops = stop_token_ids(model.tokenizer)
     raw = _generate_batch(model, twin, rows, adders_for, decoding, stops, row_seeds, row_draws)
-    tok = model.tokenizer
-    return [Generation(tok.decode(t, skip_special_tokens=True).strip(), t, f) for t, f in raw]
+    return [Generation.decoded(model.tokenizer, t, f) for t, f in raw]
 
 
 def generate(

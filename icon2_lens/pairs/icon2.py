@@ -461,11 +461,8 @@ def _answer_batch(
         row_draws=shared,
         backend=config.backend,
     )
-    tok = model.tokenizer
-    rejected = []
-    for c, t, n in zip(chosen, tails, shared):
-        ids = c.token_ids[:n] + t.token_ids
-        rejected.append(
-            Generation(tok.decode(ids, skip_special_tokens=True).strip(), ids, t.finished)
-        )
+    rejected = [
+        Generation.decoded(model.tokenizer, c.token_ids[:n] + t.token_ids, t.finished)
+        for c, t, n in zip(chosen, tails, shared)
+    ]
     return chosen, rejected, shared

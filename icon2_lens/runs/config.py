@@ -193,6 +193,46 @@ class AlignEZStage(AlignEZConfig):
             raise ValueError(f"alignez.n_queries must be at least 1, got {self.n_queries}")
 
 
+@documented
+@dataclass(frozen=True, kw_only=True)
+class ExperimentEval(EvalConfig):
+    """An experiment's evaluation: :class:`~icon2_lens.evaluate.judging.EvalConfig` on the shipped
+    held-out set, and optionally a second, larger held-out set from the experiment's own synthesis."""
+
+    n_synthetic: int = option(
+        0,
+        help="also judge every system on this many clean self-synthesized instructions that no "
+        "pair source was given (drawn with the eval seed; 0: none). They come from the same "
+        "synthesis as the training instructions, so the set can be larger than the shipped one",
+    )
+    synthetic_reference: str = option(
+        "icon2",
+        help="the system every other one is compared with on the synthetic set (icon2: its "
+        "model against the base and against every other source, in one judging pass)",
+    )
+    synthetic_judges: tuple[str, ...] = option(
+        (), help="judges on the synthetic set (empty: the same as judges, without refusal)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "synthetic_judges", tuple(self.synthetic_judges))
+        if self.n_synthetic < 0:
+            raise ValueError(f"eval.n_synthetic must be >= 0, got {self.n_synthetic}")
+        bad = [name for name in self.synthetic_judges if name not in JUDGES]
+        if bad:
+            raise ValueError(f"unknown synthetic judge(s) {bad}; use some of {', '.join(JUDGES)}")
+
+    def judges_on_synthetic(self) -> tuple[str, ...]:
+        """The judges of the synthetic set (it holds no harmful request, so never ``refusal``).
+
+        Example:
+            >>> ExperimentEval(judges=("relevance", "refusal")).judges_on_synthetic()
+            ('relevance',)
+        """
+        return tuple(j for j in (self.synthetic_judges or self.judges) if j != "refusal")
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Tree:
     """What a run and an experiment share: the model, the seed, and reading/writing the tree."""
@@ -316,9 +356,22 @@ class ExperimentConfig(_Tree):
     baselines: BaselineStage = section(BaselineStage, help="sp, sampling_ranking, self_rewarding")
     dpo: DPOSettings = section(DPOSettings, help="DPO, identical for every source")
     alignez: AlignEZStage = section(AlignEZStage, help="AlignEZ inference-time editing")
-    eval: EvalConfig = section(
-        EvalConfig, help="held-out evaluation of every system against the base"
+    eval: ExperimentEval = section(
+        ExperimentEval, help="held-out evaluation of every system against the base"
     )
+
+    def __post_init__(self) -> None:
+        systems = ["base", *self.experiment.sources] + (
+            ["alignez"] if self.experiment.alignez else []
+        )
+        refs = {"eval.reference": self.eval.reference}
+        if self.eval.n_synthetic:
+            refs["eval.synthetic_reference"] = self.eval.synthetic_reference
+        for key, name in refs.items():
+            if name not in systems:
+                raise ValueError(
+                    f"{key} = {name!r} is not a system of this experiment ({', '.join(systems)})"
+                )
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

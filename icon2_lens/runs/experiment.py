@@ -13,7 +13,9 @@
 4. **AlignEZ** fitted on the kept instructions (no training), as an inference-time system.
 5. **Evaluation** on the shipped held-out set (benign and harmful requests): every trained model
    and AlignEZ against the base, per judge (win rate and length-controlled win rate with
-   bootstrap 95 % intervals; every judge is the base model or a transparent rule).
+   bootstrap 95 % intervals; every judge is the base model or a transparent rule). With
+   ``eval.n_synthetic``, again on that many synthesized instructions no source was given
+   (:func:`synthetic_heldout`, in ``eval/synthetic/``), against ``eval.synthetic_reference``.
 6. **Report**: a results table shaped like the Icon² paper's Table 1, a cost table shaped like
    its Table 4 (wall clock and forward tokens per stage, per kept pair), the DPO reward-accuracy
    curves of every source (App. I), ``report.md`` and ``report.html``.
@@ -24,13 +26,14 @@ kept in ``costs.json``; a resumed stage adds the time of its new work only.
 """
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from icon2_lens._config import narrow
-from icon2_lens._files import read_jsonl, read_marker, write_json
+from icon2_lens._files import read_jsonl, read_marker, write_json, write_jsonl
 from icon2_lens._types import LensModel
 from icon2_lens.alignez.config import AlignEZConfig
 from icon2_lens.alignez.fit import fit_alignez
@@ -43,7 +46,7 @@ from icon2_lens.model.cost import CostMeter
 from icon2_lens.model.generate import Decoding
 from icon2_lens.model.hooks import normalize_layers
 from icon2_lens.model.load import load_model, model_source
-from icon2_lens.pairs.baselines import make_pairs
+from icon2_lens.pairs.baselines import make_pairs, sample_unfiltered
 from icon2_lens.pairs.common import BaselineConfig
 from icon2_lens.pairs.gate import training_pairs
 
@@ -51,7 +54,7 @@ from .config import ExperimentConfig, check_run_dir
 from .report import write_experiment_report
 from .stages import stage_dpo, stage_extract, stage_filter, stage_synthesize
 
-__all__ = ["run_experiment", "load_experiment_config"]
+__all__ = ["run_experiment", "load_experiment_config", "synthetic_heldout"]
 
 log = logging.getLogger(__name__)
 
@@ -182,28 +185,79 @@ def _stage_alignez(
 
 
 def _stage_eval(
-    model, cfg: ExperimentConfig, sets, intervals, systems, out: Path, progress: bool
+    model,
+    cfg: ExperimentConfig,
+    sets,
+    intervals,
+    systems,
+    out: Path,
+    progress: bool,
+    *,
+    records: list[dict[str, Any]],
+    judges: tuple[str, ...],
+    reference: str,
 ) -> dict[str, Any]:
     marker = out / "eval.json"
     if (done := read_marker(marker)) is not None:
         return done
     ev = cfg.eval
-    judges = [
-        make_judge(name, model, direction_sets=sets, layers=_judge_layers(cfg, model, intervals))
-        for name in ev.judges
-    ]
     return evaluate_systems(
         model,
         systems,
-        builtin_eval_records(ev.n_benign, ev.n_harmful),
-        judges,
+        records,
+        [
+            make_judge(
+                name, model, direction_sets=sets, layers=_judge_layers(cfg, model, intervals)
+            )
+            for name in judges
+        ],
         out=out,
         decoding=Decoding(max_new_tokens=ev.max_new_tokens),
-        reference=ev.reference,
+        reference=reference,
         batch_size=ev.batch_size,
         seed=ev.seed,
         progress=progress,
     )
+
+
+def synthetic_heldout(
+    cfg: ExperimentConfig, kept: list[KeptInstruction], pool: list[KeptInstruction]
+) -> list[dict[str, Any]]:
+    """``eval.n_synthetic`` clean synthesized instructions that no pair source was given.
+
+    Excluded: the top-consistency instructions the sources were given, the random pool sample of
+    ``icon2_unfiltered`` when it runs, any text equal to one of those or to a shipped evaluation
+    request, and repeated texts. The rest are drawn at random with the eval seed and kept in
+    pool order. Records are ``{"instruction", "kind": "benign", "index"}`` (the pool index).
+    """
+    n = min(cfg.experiment.n_instructions, len(kept))
+    given = {k.index for k in kept[:n]}
+    if "icon2_unfiltered" in cfg.experiment.sources:
+        given |= {k.index for k in sample_unfiltered(pool, n, cfg.seed)}
+    taken = {pool[i].instruction for i in given} | {
+        r["instruction"] for r in builtin_eval_records()
+    }
+    candidates: list[KeptInstruction] = []
+    for item in pool:
+        if item.index in given or item.instruction in taken:
+            continue
+        taken.add(item.instruction)
+        candidates.append(item)
+    want = cfg.eval.n_synthetic
+    if len(candidates) < want:
+        log.warning(
+            "only %d synthesized instructions were given to no source, fewer than "
+            "eval.n_synthetic=%d: judging on all of them",
+            len(candidates),
+            want,
+        )
+    picked = sorted(
+        random.Random(cfg.eval.seed).sample(range(len(candidates)), min(want, len(candidates)))
+    )
+    return [
+        {"instruction": candidates[i].instruction, "kind": "benign", "index": candidates[i].index}
+        for i in picked
+    ]
 
 
 def run_experiment(
@@ -247,6 +301,12 @@ def run_experiment(
                 ex.n_instructions,
             )
         pool = _pool(out, instructions)
+        heldout = synthetic_heldout(cfg, kept, pool) if cfg.eval.n_synthetic else []
+        if cfg.eval.n_synthetic and not heldout:
+            raise RuntimeError(
+                f"eval.n_synthetic = {cfg.eval.n_synthetic}, but every clean synthesized "
+                "instruction goes to a pair source: raise synthesize.n or set eval.n_synthetic = 0"
+            )
         pairs = {}
         for source in ex.sources:
             records, _ = _stage_pairs(
@@ -287,7 +347,35 @@ def run_experiment(
         if ex.alignez:
             edit_dir = _stage_alignez(model, cfg, kept, costs, out / "alignez", progress)
             systems.append(SystemSpec("alignez", "alignez", str(edit_dir), cfg.alignez.strength))
-        result = _stage_eval(model, cfg, sets, intervals, systems, out / "eval", progress)
+        ev = cfg.eval
+        result = _stage_eval(
+            model,
+            cfg,
+            sets,
+            intervals,
+            systems,
+            out / "eval",
+            progress,
+            records=builtin_eval_records(ev.n_benign, ev.n_harmful),
+            judges=ev.judges,
+            reference=ev.reference,
+        )
+        if heldout:
+            write_jsonl(out / "eval" / "synthetic" / "instructions.jsonl", heldout)
+            with costs.stage("eval/synthetic"):
+                _stage_eval(
+                    model,
+                    cfg,
+                    sets,
+                    intervals,
+                    systems,
+                    out / "eval" / "synthetic",
+                    progress,
+                    records=heldout,
+                    judges=ev.judges_on_synthetic(),
+                    reference=ev.synthetic_reference,
+                )
+            costs.save()
     write_json({"n_train_pairs": n_train}, out / "experiment.json")
     write_experiment_report(out, png=png)
     return result

@@ -391,6 +391,19 @@ def write_experiment_report(root: str | Path, *, png: bool = True) -> tuple[Path
         )
     else:
         blocks.append(("p", "pending"))
+    syn = _load(root / "eval" / "synthetic" / "eval.json")
+    if syn:
+        blocks.append(("h2", f"Second held-out set: win rate against {syn['reference']}, %"))
+        blocks.append(("table", results_table(syn)))
+        blocks.append(
+            (
+                "p",
+                f"n = {syn['n']} self-synthesized instructions that no pair source was given "
+                "(eval/synthetic/instructions.jsonl); rows compare each system with "
+                f"{syn['reference']} (below 50: {syn['reference']} is preferred). Ties half; 95 % "
+                "bootstrap intervals.",
+            )
+        )
     made = {}
     for source in cfg.get("experiment", {}).get("sources", []):
         summary = _load(root / "pairs" / source / "summary.json")

@@ -63,6 +63,78 @@ def test_experiment_end_to_end(
     )
 
 
+def test_experiment_judges_a_second_heldout_set(
+    tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning
+):
+    """``eval.n_synthetic``: synthesized instructions no source was given, Icon² as the reference."""
+    small = {"sources": ["icon2", "sp"], "n_instructions": 2, "n_pairs": 1, "alignez": False}
+    judges = ["relevance", "length", "refusal"]
+    cfg = tiny_experiment_config(
+        tiny_experiment_model,
+        experiment=small,
+        eval={"judges": judges, "n_synthetic": 2, "n_benign": 2, "n_harmful": 1},
+    )
+    out = tmp_path / "xp"
+    run_experiment(cfg, out, progress=False, png=False)
+    syn = json.loads((out / "eval" / "synthetic" / "eval.json").read_text())
+    assert syn["n"] == 2 and syn["n_harmful"] == 0 and syn["reference"] == "icon2"
+    assert set(syn["comparisons"]) == {"base", "sp"}
+    assert all(set(b) == {"relevance", "length"} for b in syn["comparisons"].values())
+    held = read_jsonl(out / "eval" / "synthetic" / "instructions.jsonl")
+    given = {k["index"] for k in read_jsonl(out / "filter" / "kept.jsonl")[:2]}
+    for source in small["sources"]:
+        given |= {r["icon2_index"] for r in read_jsonl(out / "pairs" / source / "pairs.jsonl")}
+    assert len(held) == 2 and not {h["index"] for h in held} & given
+    assert json.loads((out / "costs.json").read_text())["eval/synthetic"]["seconds"] > 0
+    assert "Second held-out set" in (out / "report.md").read_text()
+    # nothing left to hold out (every instruction goes to a source): refused before any pair
+    greedy = tiny_experiment_config(
+        tiny_experiment_model, experiment={**small, "n_instructions": 999}, eval={"n_synthetic": 2}
+    )
+    with pytest.raises(RuntimeError, match="raise synthesize.n or set eval.n_synthetic = 0"):
+        run_experiment(greedy, tmp_path / "none", progress=False, png=False)
+    assert not (tmp_path / "none" / "pairs").exists()
+
+
+def test_synthetic_heldout_leaves_out_what_any_source_saw(caplog):
+    from icon2_lens.consistency.filter import KeptInstruction
+    from icon2_lens.evaluate.judging import builtin_eval_records
+    from icon2_lens.pairs.baselines import sample_unfiltered
+    from icon2_lens.runs.config import ExperimentConfig
+    from icon2_lens.runs.experiment import synthetic_heldout
+
+    shipped = builtin_eval_records()[0]["instruction"]
+    texts = [f"request {i}" for i in range(40)] + ["request 0", "request 7", shipped]
+    pool = [KeptInstruction(i, t, "general", float(-i)) for i, t in enumerate(texts)]
+    kept = pool[5:25]  # what the filter kept, best first
+    cfg = ExperimentConfig.from_dict(
+        {
+            "experiment": {"sources": ["icon2", "icon2_unfiltered"], "n_instructions": 6},
+            "eval": {"n_synthetic": 12, "seed": 3},
+        }
+    )
+    held = synthetic_heldout(cfg, kept, pool)
+    assert held == synthetic_heldout(cfg, kept, pool)  # same seed, same set
+    given = {k.index for k in kept[:6]} | {k.index for k in sample_unfiltered(pool, 6, cfg.seed)}
+    given_texts = {texts[i] for i in given}
+    assert len(held) == 12 and [h["index"] for h in held] == sorted(h["index"] for h in held)
+    assert all(h["index"] not in given and h["instruction"] not in given_texts for h in held)
+    assert shipped not in {h["instruction"] for h in held}
+    assert len({h["instruction"] for h in held}) == 12 and {h["kind"] for h in held} == {"benign"}
+    # another seed draws another sample; asking for more than there are gives all, with a warning
+    other = ExperimentConfig.from_dict(
+        {**cfg.to_dict(), "eval": {**cfg.to_dict()["eval"], "seed": 4}}
+    )
+    assert synthetic_heldout(other, kept, pool) != held
+    many = ExperimentConfig.from_dict(
+        {**cfg.to_dict(), "eval": {**cfg.to_dict()["eval"], "n_synthetic": 99}}
+    )
+    everything = synthetic_heldout(many, kept, pool)
+    assert "fewer than eval.n_synthetic=99" in caplog.text
+    assert {h["instruction"] for h in everything} == set(texts) - given_texts - {shipped}
+    assert {h["index"] for h in held} <= {h["index"] for h in everything}
+
+
 def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning):
     model_dir, _cfg = tiny_experiment_model, tiny_experiment_config
     with pytest.raises(ValueError, match="unknown pair source"):
@@ -86,6 +158,13 @@ def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, le
             progress=False,
             png=False,
         )
+    with pytest.raises(ValueError, match="eval.reference = 'sp' is not a system"):
+        _cfg(model_dir, experiment={"sources": ["icon2"]}, eval={"reference": "sp"})
+    with pytest.raises(ValueError, match="eval.synthetic_reference = 'icon2' is not a system"):
+        _cfg(model_dir, experiment={"sources": ["sp"]}, eval={"n_synthetic": 8})
+    _cfg(model_dir, experiment={"sources": ["sp"]}, eval={"n_synthetic": 0})  # not used: fine
+    with pytest.raises(ValueError, match="n_synthetic must be >= 0"):
+        _cfg(model_dir, eval={"n_synthetic": -1})
     with pytest.raises(ValueError, match="unknown config key.*alignez.k_dims"):
         _cfg(model_dir, alignez={"k_dims": 3})
 
