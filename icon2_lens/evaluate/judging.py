@@ -18,7 +18,7 @@ from icon2_lens._config import documented, option
 from icon2_lens._files import read_jsonl, write_json, write_jsonl
 from icon2_lens._types import LensModel
 from icon2_lens.instructions.builtin import load_eval_instructions, read_instruction_file
-from icon2_lens.judge.compare import compare_pairwise, compare_pointwise
+from icon2_lens.judge.compare import compare_pairwise, compare_pointwise, score_once
 from icon2_lens.judge.registry import JUDGES
 from icon2_lens.judge.rules import RefusalJudge, degeneracy
 from icon2_lens.model.generate import Decoding
@@ -137,7 +137,6 @@ def judge_answers(
             raise ValueError(
                 f"the answers of {name!r} are not for these instructions (in this order)"
             )
-    cache: dict[tuple[str, str], np.ndarray] = {}
     out: dict[str, dict[str, Any]] = {}
     for judge in judges:
         idx = (
@@ -156,11 +155,9 @@ def judge_answers(
         def lengths(system: str, idx=idx) -> np.ndarray:
             return np.array([answers[system][i]["tokens"] for i in idx], dtype=float)
 
-        def scores(system: str, judge=judge, ins=ins) -> np.ndarray:
-            key = (judge.name, system)
-            if key not in cache:
-                cache[key] = np.asarray(judge.score(ins, texts(system)), dtype=float)
-            return cache[key]
+        scores: dict[str, np.ndarray] = {}
+        if judge.kind == "pointwise":  # every distinct answer once: equal answers tie exactly
+            scores = dict(zip(answers, score_once(judge, ins, *(texts(s) for s in answers))))
 
         for system in answers:
             if system == reference:
@@ -168,8 +165,8 @@ def judge_answers(
             try:
                 if judge.kind == "pointwise":
                     cmp = compare_pointwise(
-                        scores(system),
-                        scores(reference),
+                        scores[system],
+                        scores[reference],
                         lengths_a=lengths(system),
                         lengths_b=lengths(reference),
                         judge_name=judge.name,
@@ -201,8 +198,8 @@ def judge_answers(
             entry = cmp.to_dict()
             entry["scope"] = "harmful" if judge.name == "refusal" else "all"
             if judge.kind == "pointwise":
-                entry["mean_score"] = float(np.nanmean(scores(system)))
-                entry["mean_score_reference"] = float(np.nanmean(scores(reference)))
+                entry["mean_score"] = float(np.nanmean(scores[system]))
+                entry["mean_score_reference"] = float(np.nanmean(scores[reference]))
             out.setdefault(system, {})[judge.name] = entry
     return out
 

@@ -53,6 +53,7 @@ __all__ = [
     "compare_pairwise",
     "compare_systems",
     "response_lengths",
+    "score_once",
 ]
 
 log = logging.getLogger(__name__)
@@ -358,6 +359,41 @@ def response_lengths(responses: Sequence[str], tokenizer: Any = None) -> Float[n
     )
 
 
+def score_once(
+    judge: Any, instructions: Sequence[str], *responses: Sequence[str]
+) -> list[Float[np.ndarray, " n"]]:
+    """Score several systems' responses with a pointwise judge, each distinct (request, answer) once.
+
+    A model judge's score can move in its last digits with the batch a text is scored in (texts
+    are batched by length, so the neighbours and the padding change). Scoring each distinct pair
+    once, in one call, gives equal answers equal scores: they tie exactly instead of being
+    ordered by rounding noise.
+
+    Args:
+        judge: A pointwise judge.
+        instructions: The requests, one per item.
+        *responses: Each system's responses, one per item.
+
+    Returns:
+        One score array per system, in the order given.
+
+    Example:
+        >>> from icon2_lens.judge.surface import SurfaceJudge
+        >>> a, b = score_once(SurfaceJudge("length"), ["q", "r"], ["one two", "x"], ["one two", "x y z"])
+        >>> a.tolist(), b.tolist()
+        ([2.0, 1.0], [2.0, 3.0])
+    """
+    for rows in responses:
+        if len(rows) != len(instructions):
+            raise ValueError("every system needs one response per instruction")
+    keys = list(dict.fromkeys((q, r) for rows in responses for q, r in zip(instructions, rows)))
+    if not keys:
+        return [np.empty(0) for _ in responses]
+    values = np.asarray(judge.score([q for q, _ in keys], [r for _, r in keys]), dtype=float)
+    table = dict(zip(keys, values))
+    return [np.array([table[(q, r)] for q, r in zip(instructions, rows)]) for rows in responses]
+
+
 def compare_systems(
     judge: Any,
     instructions: Sequence[str],
@@ -416,9 +452,7 @@ def compare_systems(
                 notes.setdefault(key, []).append(float(value))
 
     if judge.kind == "pointwise":
-        scores_a = judge.score(instructions, responses_a)
-        note()
-        scores_b = judge.score(instructions, responses_b)
+        scores_a, scores_b = score_once(judge, instructions, responses_a, responses_b)
         note()
         result = compare_pointwise(scores_a, scores_b, **common)
     elif judge.kind == "pairwise":

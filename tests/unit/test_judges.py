@@ -467,3 +467,46 @@ def test_independent_judges_read_no_direction():
         INDEPENDENT_JUDGES
     )
     assert all("directions" not in JUDGES[n].needs for n in INDEPENDENT_JUDGES)
+
+
+class _BatchNoiseJudge:
+    """A pointwise judge whose score moves in the last digits with its batch, as a model judge's can
+    (texts batched by length, other neighbours and padding): the number of words plus noise."""
+
+    name = "noisy_length"
+    kind = "pointwise"
+    description = "words, with batch-dependent rounding noise"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, instructions, responses):
+        self.calls += 1
+        return np.array(
+            [len(r.split()) + 1e-7 * (len(responses) + i) for i, r in enumerate(responses)]
+        )
+
+
+def test_equal_answers_tie_exactly_whatever_batch_they_are_scored_in(model):
+    from icon2_lens.evaluate.judging import judge_answers
+
+    ins = ["q1", "q2", "q3", "q4"]
+    base = ["a b", "same answer here", "c", "identical too"]
+    other = ["a b c", "same answer here", "d e", "identical too"]
+    judge = _BatchNoiseJudge()
+    c = compare_systems(judge, ins, other, base, n_boot=50)
+    assert judge.calls == 1  # every distinct (request, answer) scored once, in one call
+    assert c.tie_rate == 0.5 and c.win_rate.value == 0.75  # two equal answers tie, two longer win
+    assert compare_systems(judge, ins, base, base, n_boot=50).win_rate.value == 0.5
+    rows = {
+        name: [
+            {"instruction": q, "answer": a, "tokens": len(a.split())} for q, a in zip(ins, texts)
+        ]
+        for name, texts in (("base", base), ("other", other), ("third", base[:3] + ["x"]))
+    }
+    out = judge_answers(model, ins, ["benign"] * 4, rows, [judge], reference="base", seed=0)
+    assert out["other"]["noisy_length"]["tie_rate"] == 0.5
+    assert out["third"]["noisy_length"]["tie_rate"] == 0.75
+    # without scoring once, the noise alone decides the equal answers
+    a, b = judge.score(ins, other), judge.score(ins[:2], base[:2])
+    assert other[1] == base[1] and a[1] != b[1]
