@@ -156,13 +156,19 @@ def judge_answers(
             return np.array([answers[system][i]["tokens"] for i in idx], dtype=float)
 
         scores: dict[str, np.ndarray] = {}
+        failed = None
         if judge.kind == "pointwise":  # every distinct answer once: equal answers tie exactly
-            scores = dict(zip(answers, score_once(judge, ins, *(texts(s) for s in answers))))
+            try:
+                scores = dict(zip(answers, score_once(judge, ins, *(texts(s) for s in answers))))
+            except ValueError as e:
+                failed = e
 
         for system in answers:
             if system == reference:
                 continue
             try:
+                if failed is not None:
+                    raise failed
                 if judge.kind == "pointwise":
                     cmp = compare_pointwise(
                         scores[system],

@@ -390,6 +390,10 @@ def score_once(
     if not keys:
         return [np.empty(0) for _ in responses]
     values = np.asarray(judge.score([q for q, _ in keys], [r for _, r in keys]), dtype=float)
+    if values.shape != (len(keys),):
+        raise ValueError(
+            f"judge {judge.name!r} returned scores of shape {values.shape} for {len(keys)} responses"
+        )
     table = dict(zip(keys, values))
     return [np.array([table[(q, r)] for q, r in zip(instructions, rows)]) for rows in responses]
 

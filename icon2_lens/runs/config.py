@@ -222,6 +222,11 @@ class ExperimentEval(EvalConfig):
         bad = [name for name in self.synthetic_judges if name not in JUDGES]
         if bad:
             raise ValueError(f"unknown synthetic judge(s) {bad}; use some of {', '.join(JUDGES)}")
+        if self.n_synthetic and not self.judges_on_synthetic():
+            raise ValueError(
+                "eval.n_synthetic > 0 but no judge for the synthetic set (refusal reads harmful "
+                "requests only): name synthetic_judges"
+            )
 
     def judges_on_synthetic(self) -> tuple[str, ...]:
         """The judges of the synthetic set (it holds no harmful request, so never ``refusal``).
@@ -360,10 +365,12 @@ class ExperimentConfig(_Tree):
         ExperimentEval, help="held-out evaluation of every system against the base"
     )
 
+    def systems(self) -> list[str]:
+        """The systems the experiment judges: the base, one model per source, AlignEZ if on."""
+        return ["base", *self.experiment.sources] + (["alignez"] if self.experiment.alignez else [])
+
     def __post_init__(self) -> None:
-        systems = ["base", *self.experiment.sources] + (
-            ["alignez"] if self.experiment.alignez else []
-        )
+        systems = self.systems()
         refs = {"eval.reference": self.eval.reference}
         if self.eval.n_synthetic:
             refs["eval.synthetic_reference"] = self.eval.synthetic_reference

@@ -226,17 +226,18 @@ def synthetic_heldout(
     """``eval.n_synthetic`` clean synthesized instructions that no pair source was given.
 
     Excluded: the top-consistency instructions the sources were given, the random pool sample of
-    ``icon2_unfiltered`` when it runs, any text equal to one of those or to a shipped evaluation
-    request, and repeated texts. The rest are drawn at random with the eval seed and kept in
+    ``icon2_unfiltered`` when it runs, the instructions AlignEZ is fitted on when it runs, any
+    text equal to one of those or to a shipped evaluation request, and repeated texts. The rest are drawn at random with the eval seed and kept in
     pool order. Records are ``{"instruction", "kind": "benign", "index"}`` (the pool index).
     """
     n = min(cfg.experiment.n_instructions, len(kept))
     given = {k.index for k in kept[:n]}
     if "icon2_unfiltered" in cfg.experiment.sources:
         given |= {k.index for k in sample_unfiltered(pool, n, cfg.seed)}
-    taken = {pool[i].instruction for i in given} | {
-        r["instruction"] for r in builtin_eval_records()
-    }
+    if cfg.experiment.alignez:  # fitted on the first n_queries kept instructions
+        given |= {k.index for k in kept[: cfg.alignez.n_queries]}
+    taken = {k.instruction for k in pool if k.index in given}
+    taken |= {r["instruction"] for r in builtin_eval_records()}
     candidates: list[KeptInstruction] = []
     for item in pool:
         if item.index in given or item.instruction in taken:
@@ -361,7 +362,8 @@ def run_experiment(
             reference=ev.reference,
         )
         if heldout:
-            write_jsonl(out / "eval" / "synthetic" / "instructions.jsonl", heldout)
+            if read_marker(out / "eval" / "synthetic" / "eval.json") is None:
+                write_jsonl(out / "eval" / "synthetic" / "instructions.jsonl", heldout)
             with costs.stage("eval/synthetic"):
                 _stage_eval(
                     model,

@@ -391,16 +391,16 @@ def write_experiment_report(root: str | Path, *, png: bool = True) -> tuple[Path
         )
     else:
         blocks.append(("p", "pending"))
-    syn = _load(root / "eval" / "synthetic" / "eval.json")
-    if syn:
-        blocks.append(("h2", f"Second held-out set: win rate against {syn['reference']}, %"))
-        blocks.append(("table", results_table(syn)))
+    second = _load(root / "eval" / "synthetic" / "eval.json")
+    if second:
+        blocks.append(("h2", f"Second held-out set: win rate against {second['reference']}, %"))
+        blocks.append(("table", results_table(second)))
         blocks.append(
             (
                 "p",
-                f"n = {syn['n']} self-synthesized instructions that no pair source was given "
+                f"n = {second['n']} self-synthesized instructions that no pair source was given "
                 "(eval/synthetic/instructions.jsonl); rows compare each system with "
-                f"{syn['reference']} (below 50: {syn['reference']} is preferred). Ties half; 95 % "
+                f"{second['reference']} (below 50: {second['reference']} is preferred). Ties half; 95 % "
                 "bootstrap intervals.",
             )
         )

@@ -109,7 +109,11 @@ def test_synthetic_heldout_leaves_out_what_any_source_saw(caplog):
     kept = pool[5:25]  # what the filter kept, best first
     cfg = ExperimentConfig.from_dict(
         {
-            "experiment": {"sources": ["icon2", "icon2_unfiltered"], "n_instructions": 6},
+            "experiment": {
+                "sources": ["icon2", "icon2_unfiltered"],
+                "n_instructions": 6,
+                "alignez": False,
+            },
             "eval": {"n_synthetic": 12, "seed": 3},
         }
     )
@@ -133,6 +137,18 @@ def test_synthetic_heldout_leaves_out_what_any_source_saw(caplog):
     assert "fewer than eval.n_synthetic=99" in caplog.text
     assert {h["instruction"] for h in everything} == set(texts) - given_texts - {shipped}
     assert {h["index"] for h in held} <= {h["index"] for h in everything}
+    # AlignEZ, when it runs, is fitted on the first alignez.n_queries kept: those are out too
+    fitted = ExperimentConfig.from_dict(
+        {
+            **many.to_dict(),
+            "experiment": {**many.to_dict()["experiment"], "alignez": True},
+            "alignez": {"n_queries": 10},
+        }
+    )
+    with_alignez = {h["instruction"] for h in synthetic_heldout(fitted, kept, pool)}
+    assert with_alignez == {h["instruction"] for h in everything} - {
+        k.instruction for k in kept[:10]
+    }
 
 
 def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, lenient_cleaning):
@@ -163,6 +179,8 @@ def test_bad_configs(tiny_experiment_model, tiny_experiment_config, tmp_path, le
     with pytest.raises(ValueError, match="eval.synthetic_reference = 'icon2' is not a system"):
         _cfg(model_dir, experiment={"sources": ["sp"]}, eval={"n_synthetic": 8})
     _cfg(model_dir, experiment={"sources": ["sp"]}, eval={"n_synthetic": 0})  # not used: fine
+    with pytest.raises(ValueError, match="no judge for the synthetic set"):
+        _cfg(model_dir, eval={"n_synthetic": 8, "judges": ["refusal"]})
     with pytest.raises(ValueError, match="n_synthetic must be >= 0"):
         _cfg(model_dir, eval={"n_synthetic": -1})
     with pytest.raises(ValueError, match="unknown config key.*alignez.k_dims"):

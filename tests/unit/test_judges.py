@@ -482,9 +482,8 @@ class _BatchNoiseJudge:
 
     def score(self, instructions, responses):
         self.calls += 1
-        return np.array(
-            [len(r.split()) + 1e-7 * (len(responses) + i) for i, r in enumerate(responses)]
-        )
+        noise = 1e-7 * sum(len(r) for r in responses)  # depends on the batch's contents
+        return np.array([len(r.split()) + noise for r in responses])
 
 
 def test_equal_answers_tie_exactly_whatever_batch_they_are_scored_in(model):
@@ -507,6 +506,28 @@ def test_equal_answers_tie_exactly_whatever_batch_they_are_scored_in(model):
     out = judge_answers(model, ins, ["benign"] * 4, rows, [judge], reference="base", seed=0)
     assert out["other"]["noisy_length"]["tie_rate"] == 0.5
     assert out["third"]["noisy_length"]["tie_rate"] == 0.75
-    # without scoring once, the noise alone decides the equal answers
-    a, b = judge.score(ins, other), judge.score(ins[:2], base[:2])
+    # scored per system, as before, the noise alone decides the equal answers
+    a, b = judge.score(ins, other), judge.score(ins, base)
     assert other[1] == base[1] and a[1] != b[1]
+
+
+class _FailingJudge(_BatchNoiseJudge):
+    name = "failing"
+
+    def score(self, instructions, responses):
+        return np.zeros(len(responses) + 1)  # one score too many: refused, not cut short
+
+
+def test_a_judge_that_fails_is_reported_not_compared_and_the_others_still_run(model):
+    from icon2_lens.evaluate.judging import judge_answers
+
+    ins = ["q1", "q2"]
+    rows = {
+        name: [{"instruction": q, "answer": a, "tokens": 1} for q, a in zip(ins, texts)]
+        for name, texts in (("base", ["a", "b"]), ("other", ["a c", "b"]))
+    }
+    with pytest.raises(ValueError, match="returned scores of shape"):
+        compare_systems(_FailingJudge(), ins, ["a", "b"], ["c", "d"], n_boot=20)
+    out = judge_answers(model, ins, ["benign"] * 2, rows, [_FailingJudge(), _BatchNoiseJudge()])
+    assert out["other"]["failing"]["n"] == 0 and "shape" in out["other"]["failing"]["note"]
+    assert out["other"]["noisy_length"]["win_rate"]["value"] == 0.75
