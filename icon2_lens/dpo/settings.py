@@ -100,6 +100,12 @@ class DPOSettings:
         help="TRL label_smoothing: with loss_type robust, the assumed share of flipped labels "
         "(0.0: plain DPO)",
     )
+    sft_weight: float = option(
+        0.0,
+        help="weight of a chosen-answer likelihood term added to the DPO loss (TRL loss_type "
+        "['sigmoid', 'sft'], loss_weights [1, sft_weight]): mean NLL per chosen token, which "
+        "keeps the chosen answers likely while the margin grows; 0.0: plain DPO",
+    )
     lora_r: int = option(
         0,
         help="LoRA rank through peft (0: train every weight). With LoRA the reference is the "
@@ -128,6 +134,7 @@ class DPOSettings:
             "logging_steps": self.logging_steps >= 1,
             "ld_alpha": self.ld_alpha is None or 0.0 <= self.ld_alpha <= 1.0,
             "label_smoothing": 0.0 <= self.label_smoothing < 0.5,
+            "sft_weight": self.sft_weight >= 0.0,
             "lora_r": self.lora_r >= 0,
             "lora_alpha": self.lora_alpha >= 1,
             "lora_dropout": 0.0 <= self.lora_dropout < 1.0,
@@ -138,7 +145,7 @@ class DPOSettings:
             raise ValueError(
                 f"invalid DPO settings: {shown} (beta, learning_rate, num_train_epochs > 0; "
                 "0 <= warmup_ratio < 1; max_steps -1 or > 0; batch size, accumulation, logging "
-                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5; "
+                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5; sft_weight >= 0; "
                 "lora_r >= 0, lora_alpha >= 1, 0 <= lora_dropout < 1)"
             )
 
@@ -154,7 +161,13 @@ class DPOSettings:
             ``save_strategy="no"`` unless overridden).
 
         Raises:
-            ValueError: For an override that is no ``DPOConfig`` field, listing the valid names.
+            ValueError: For an override that is no ``DPOConfig`` field, listing the valid names,
+                or one that sets the loss while ``sft_weight`` does too.
+
+        Example:
+            >>> cfg = DPOSettings(sft_weight=0.5).to_dpo_config("/tmp/dpo-example")
+            >>> cfg.loss_type, cfg.loss_weights
+            (['sigmoid', 'sft'], [1.0, 0.5])
         """
         import torch
 
@@ -162,12 +175,22 @@ class DPOSettings:
         config_fields = _dpo_config_fields()
         _check_option_names(overrides, config_fields)
         aliases = _config_aliases(config_fields)
+        loss: dict[str, Any] = {}
+        if self.sft_weight > 0:
+            clash = sorted({"loss_type", "loss_weights"} & set(overrides))
+            if clash:
+                raise ValueError(
+                    f"sft_weight={self.sft_weight} sets the loss; drop {', '.join(clash)} or set "
+                    "sft_weight = 0"
+                )
+            loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float(self.sft_weight)]}
         kwargs = {
             **{
                 aliases.get(k, k): v
                 for k, v in dataclasses.asdict(self).items()
-                if k not in LORA_FIELDS
+                if k not in LORA_FIELDS and k not in _LOSS_FIELDS
             },
+            **loss,
             **_FIXED_CONFIG,
             # the CPU unless a GPU is there (then accelerate/DeepSpeed/FSDP place the model)
             "use_cpu": not torch.cuda.is_available(),
@@ -176,6 +199,9 @@ class DPOSettings:
             kwargs[aliases.get(name, name)] = value
         return trl.DPOConfig(output_dir=str(output_dir), **kwargs)
 
+
+#: DPOSettings fields that choose ``trl.DPOConfig``'s loss rather than name one of its fields.
+_LOSS_FIELDS = ("sft_weight",)
 
 #: DPOSettings fields that configure peft's LoRA, not ``trl.DPOConfig``.
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout")

@@ -376,3 +376,39 @@ def test_length_aware_and_robust_options_reach_trl_and_are_checked():
     for bad in ({"ld_alpha": 1.5}, {"label_smoothing": 0.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             DPOSettings(**bad)
+
+
+def _chosen_logprob(model, tok, record) -> float:
+    """Mean log-probability per token of the chosen completion after its prompt."""
+    prompt = tok(record["prompt"])["input_ids"]
+    full = tok(record["prompt"] + record["chosen"])["input_ids"]
+    ids = torch.tensor([full])
+    with torch.no_grad():
+        logp = model(ids).logits.log_softmax(-1)[0, :-1]
+    picked = logp.gather(-1, ids[0, 1:, None])[len(prompt) - 1 :, 0]
+    return float(picked.mean())
+
+
+def test_sft_weight_adds_a_chosen_likelihood_term_that_keeps_chosen_answers_likely(
+    tiny_dir, tmp_path, tok
+):
+    pairs = standard(8)
+    runs = {
+        w: train_dpo(str(tiny_dir), pairs, tmp_path / f"w{w}", max_steps=4, sft_weight=w, **FAST)
+        for w in (0.0, 1.0)
+    }
+    first = {w: next(h for h in r.log_history if "loss" in h) for w, r in runs.items()}
+    # step 1: policy == reference, so the DPO part is log 2 and the rest is w * chosen NLL > 0
+    assert first[0.0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert first[1.0]["loss"] > first[0.0]["loss"] + 0.5
+    start = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    before = _chosen_logprob(start, tok, pairs[0])
+    after = {w: _chosen_logprob(r.model.eval(), tok, pairs[0]) for w, r in runs.items()}
+    assert after[1.0] > after[0.0] and after[1.0] > before
+    log = json.loads((tmp_path / "w1.0" / "dpo_log.json").read_text())
+    assert log["settings"]["sft_weight"] == 1.0
+    with pytest.raises(ValueError, match="sft_weight"):
+        DPOSettings(sft_weight=-0.1)
+    with pytest.raises(ValueError, match="drop loss_type"):
+        DPOSettings(sft_weight=0.5).to_dpo_config("/tmp/unused", loss_type=["ipo"])
+    assert DPOSettings().to_dpo_config("/tmp/unused").loss_type == ["sigmoid"]
