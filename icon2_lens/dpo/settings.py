@@ -145,8 +145,8 @@ class DPOSettings:
             raise ValueError(
                 f"invalid DPO settings: {shown} (beta, learning_rate, num_train_epochs > 0; "
                 "0 <= warmup_ratio < 1; max_steps -1 or > 0; batch size, accumulation, logging "
-                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5; sft_weight >= 0; "
-                "lora_r >= 0, lora_alpha >= 1, 0 <= lora_dropout < 1)"
+                "steps >= 1; max_length >= 2; ld_alpha None or in [0, 1]; 0 <= label_smoothing < 0.5; "
+                "sft_weight >= 0; lora_r >= 0, lora_alpha >= 1, 0 <= lora_dropout < 1)"
             )
 
     def to_dpo_config(self, output_dir: str | os.PathLike, **overrides: Any) -> "trl.DPOConfig":

@@ -111,6 +111,12 @@ def system_stats(
     }
 
 
+def _not_compared(judge: str, system: str, reference: str, error: ValueError) -> dict[str, Any]:
+    """The record of a comparison a judge could not make (logged as a warning)."""
+    log.warning("%s vs %s under %s: not compared (%s)", system, reference, judge, error)
+    return {"judge": judge, "n": 0, "win_rate": None, "lc_win_rate": None, "note": str(error)}
+
+
 def judge_answers(
     model: LensModel,
     instructions: Sequence[str],
@@ -166,9 +172,12 @@ def judge_answers(
         for system in answers:
             if system == reference:
                 continue
+            if failed is not None:
+                out.setdefault(system, {})[judge.name] = _not_compared(
+                    judge.name, system, reference, failed
+                )
+                continue
             try:
-                if failed is not None:
-                    raise failed
                 if judge.kind == "pointwise":
                     cmp = compare_pointwise(
                         scores[system],
@@ -190,16 +199,9 @@ def judge_answers(
                         seed=seed,
                     )
             except ValueError as e:  # e.g. every answer empty: nothing this judge can score
-                log.warning(
-                    "%s vs %s under %s: not compared (%s)", system, reference, judge.name, e
+                out.setdefault(system, {})[judge.name] = _not_compared(
+                    judge.name, system, reference, e
                 )
-                out.setdefault(system, {})[judge.name] = {
-                    "judge": judge.name,
-                    "n": 0,
-                    "win_rate": None,
-                    "lc_win_rate": None,
-                    "note": str(e),
-                }
                 continue
             entry = cmp.to_dict()
             entry["scope"] = "harmful" if judge.name == "refusal" else "all"

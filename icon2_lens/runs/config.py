@@ -365,12 +365,10 @@ class ExperimentConfig(_Tree):
         ExperimentEval, help="held-out evaluation of every system against the base"
     )
 
-    def systems(self) -> list[str]:
-        """The systems the experiment judges: the base, one model per source, AlignEZ if on."""
-        return ["base", *self.experiment.sources] + (["alignez"] if self.experiment.alignez else [])
-
     def __post_init__(self) -> None:
-        systems = self.systems()
+        systems = ["base", *self.experiment.sources] + (
+            ["alignez"] if self.experiment.alignez else []
+        )
         refs = {"eval.reference": self.eval.reference}
         if self.eval.n_synthetic:
             refs["eval.synthetic_reference"] = self.eval.synthetic_reference

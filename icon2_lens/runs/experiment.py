@@ -227,8 +227,8 @@ def synthetic_heldout(
 
     Excluded: the top-consistency instructions the sources were given, the random pool sample of
     ``icon2_unfiltered`` when it runs, the instructions AlignEZ is fitted on when it runs, any
-    text equal to one of those or to a shipped evaluation request, and repeated texts. The rest are drawn at random with the eval seed and kept in
-    pool order. Records are ``{"instruction", "kind": "benign", "index"}`` (the pool index).
+    text equal to one of those or to a shipped evaluation request, and repeated texts. The rest
+    are drawn at random with the eval seed and kept in pool order. Records are ``{"instruction", "kind": "benign", "index"}`` (the pool index).
     """
     n = min(cfg.experiment.n_instructions, len(kept))
     given = {k.index for k in kept[:n]}
