@@ -8,12 +8,22 @@ from icon2_lens.directions.wording import WORDING_THRESHOLD
 from icon2_lens.pairs.icon2 import DEFAULT_GAMMA_NEG
 
 from .data import DOMAINS, check_domains
+from .likelihood import SHARPENING_TEMPERATURE
 from .shortcuts import SHORTCUT_THRESHOLD
 
 __all__ = ["AuditConfig", "SECTIONS"]
 
-SECTIONS: tuple[str, ...] = ("lens", "stereotype", "wording", "confounds", "shortcuts", "shift")
-"""The parts of an audit, in the order they run (``shortcuts`` needs pairs, ``shift`` a trained model)."""
+SECTIONS: tuple[str, ...] = (
+    "lens",
+    "stereotype",
+    "wording",
+    "confounds",
+    "shortcuts",
+    "likelihood",
+    "shift",
+)
+"""The parts of an audit, in the order they run (``shortcuts`` and ``likelihood`` need pairs,
+``shift`` a trained model)."""
 
 
 @documented
@@ -24,7 +34,7 @@ class AuditConfig:
     sections: tuple[str, ...] = option(
         SECTIONS,
         help="parts to run, comma-separated: lens, stereotype, wording, confounds, shortcuts "
-        "(with pairs), shift (with a trained model)",
+        "and likelihood (with pairs), shift (with a trained model)",
     )
     domains: tuple[str, ...] = option(
         DOMAINS,
@@ -83,6 +93,11 @@ class AuditConfig:
     shortcut_error: bool = option(
         False, help="fail, instead of warning, when a shortcut cue reaches the threshold"
     )
+    sharpening_temperature: float = option(
+        SHARPENING_TEMPERATURE,
+        help="likelihood section: temperature (< 1) of the sharpened copy of the model whose DPO "
+        "reward accuracy on the pairs is reported",
+    )
     confound_threshold: float = option(
         0.3,
         help="|cosine| with a confound direction at a steered layer that is reported as a warning",
@@ -123,6 +138,10 @@ class AuditConfig:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if not 0.0 < self.confound_threshold <= 1.0:
             raise ValueError(f"confound_threshold must be in (0, 1], got {self.confound_threshold}")
+        if not 0.0 < self.sharpening_temperature < 1.0:
+            raise ValueError(
+                f"sharpening_temperature must be in (0, 1), got {self.sharpening_temperature}"
+            )
         for name in ("wording_threshold", "shortcut_threshold"):
             if not 0.5 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0.5, 1], got {getattr(self, name)}")

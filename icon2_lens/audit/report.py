@@ -173,6 +173,27 @@ def headline(
                 f"pairs: '{cue['feature']}' tells chosen from rejected with AUC {cue['strength']:.2f} "
                 f"(≥ {sc['threshold']}; higher in {cue['higher_in']}): DPO can learn the cue instead of the criterion"
             )
+    if "likelihood" in sections:
+        lk = sections["likelihood"]
+        out["likelihood"] = {
+            k: lk[k]
+            for k in (
+                "n_pairs",
+                "logp_auc",
+                "chosen_likelier",
+                "sharpening_accuracy",
+                "temperature",
+                "chosen_nll",
+                "rejected_nll",
+            )
+        }
+        if lk["shortcut"]:
+            warnings.append(
+                f"pairs: the model finds the {lk['higher_in']} answers likelier (AUC {lk['strength']:.2f}; "
+                f"chosen likelier in {lk['chosen_likelier']:.0%} of pairs) and a copy of it at temperature "
+                f"{lk['temperature']:g} ranks {lk['sharpening_accuracy']:.0%} of pairs right: DPO's reward "
+                "accuracy can rise by sharpening alone, so read it against that level"
+            )
     return out, warnings
 
 
@@ -345,6 +366,16 @@ def _blocks(result: dict, folder: Path, figure_names: list[str]) -> list[Block]:
                 + "; rejected: "
                 + ", ".join(g["ngram"] for g in bow["rejected_ngrams"][:10])
                 + ".",
+            )
+        )
+    if "likelihood" in head:
+        lk = head["likelihood"]
+        blocks.append(("h2", f"What the model itself tells apart in {lk['n_pairs']} pairs"))
+        blocks.append(
+            (
+                "p",
+                f"Mean NLL per answer token under the model: chosen {lk['chosen_nll']:.3f}, rejected {lk['rejected_nll']:.3f}; AUC of chosen from log-probability {lk['logp_auc']:.3f}; chosen likelier in {lk['chosen_likelier']:.0%} of pairs. "
+                f"DPO reward accuracy of the model at temperature {lk['temperature']:g} against itself (sharpening only, nothing learned about the criterion): {lk['sharpening_accuracy']:.3f}.",
             )
         )
     if "shift" in sections:

@@ -55,6 +55,7 @@ from .config import AuditConfig
 from .confounds import confound_cosines, largest_confounds, subspace_shares
 from .data import MinimalPair, load_minimal_pairs
 from .lens import logit_lens, steering_shift
+from .likelihood import likelihood_report
 from .report import headline, write_audit
 from .shift import prompt_activations, shift_table
 from .shortcuts import shortcut_report
@@ -314,6 +315,17 @@ class _Audit:
             self.records, folds=cfg.folds, seed=cfg.seed, threshold=cfg.shortcut_threshold
         )
 
+    def likelihood(self) -> dict:
+        cfg = self.config
+        return likelihood_report(
+            self.model,
+            self.records,
+            temperature=cfg.sharpening_temperature,
+            threshold=cfg.shortcut_threshold,
+            batch_size=cfg.batch_size,
+            progress=self.progress,
+        )
+
     def shift(self) -> dict:
         cfg = self.config
         instructions = self.heldout[: cfg.n_shift]
@@ -406,9 +418,10 @@ def run_audit(
     wanted = [
         s
         for s in config.sections
-        if (s != "shortcuts" or records is not None) and (s != "shift" or trained is not None)
+        if (s not in ("shortcuts", "likelihood") or records is not None)
+        and (s != "shift" or trained is not None)
     ]
-    for s, need in (("shortcuts", "pairs"), ("shift", "trained")):
+    for s, need in (("shortcuts", "pairs"), ("likelihood", "pairs"), ("shift", "trained")):
         if s in config.sections and s not in wanted:
             logger.info("audit section %s skipped: no %s given", s, need)
     settings = _settings(model, sets, config, layers, pairs, trained)

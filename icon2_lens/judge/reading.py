@@ -26,6 +26,9 @@ __all__ = [
     "score_responses",
     "InherentJudge",
     "FluencyJudge",
+    "PeerFluencyJudge",
+    "PEER_MODEL",
+    "PLAIN_CHAT_TEMPLATE",
     "RelevanceJudge",
     "RELEVANCE_REFERENCE",
 ]
@@ -296,6 +299,65 @@ class FluencyJudge:
             self.model, instructions, responses, layers=[0], batch_size=self.batch_size, nll=True
         )
         return -res.nll.to(torch.float64).numpy()
+
+
+#: The second model :class:`PeerFluencyJudge` reads with by default (an embedded key).
+PEER_MODEL = "gemma3-270m"
+
+#: How a peer without a chat template of its own (a base model, such as the embedded Gemma) is
+#: shown the request: plain "User:" / "Assistant:" turns.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+class PeerFluencyJudge(FluencyJudge):
+    """Fluency read by a second model that wrote none of the answers compared.
+
+    :class:`FluencyJudge` reads with the base model, and a greedy answer of the base model is, token
+    by token, that model's most likely continuation: any system that answers differently loses
+    likelihood under it whether or not its answer is worse. A model of another family and size has
+    no such stake. Minus the mean NLL per response token under ``peer`` (its own tokenizer and chat
+    template; a peer loaded here without one, a base model, reads plain "User:" / "Assistant:"
+    turns, :data:`PLAIN_CHAT_TEMPLATE`); NaN for an empty response.
+
+    Args:
+        model: Ignored (the judged model does not read); accepted so every judge is built alike.
+        peer: An embedded key, HF directory or hub id (loaded on first use), or a loaded model.
+        batch_size: Rows per forward pass.
+
+    Example:
+        >>> from icon2_lens.testing import tiny_model
+        >>> judge = PeerFluencyJudge(peer=tiny_model(seed=1))
+        >>> judge.score(["tell me a story"], ["the cat sat"]).shape
+        (1,)
+    """
+
+    name = "peer_fluency"
+    description = (
+        "minus the mean negative log-likelihood per response token under a second model that "
+        f"wrote none of the answers ({PEER_MODEL} unless set), instruction in its chat template; "
+        "higher = more fluent to that model"
+    )
+
+    def __init__(
+        self, model: Any = None, *, peer: str | LensModel = PEER_MODEL, batch_size: int = 8
+    ) -> None:
+        self.peer = peer
+        self.batch_size = batch_size
+        self._model = None if isinstance(peer, str) else peer
+
+    @property
+    def model(self) -> LensModel:  # type: ignore[override]
+        if self._model is None:
+            from icon2_lens.model.load import load_model
+
+            peer = load_model(self.peer)
+            if not getattr(peer.tokenizer, "chat_template", None):
+                peer.tokenizer.chat_template = PLAIN_CHAT_TEMPLATE  # our own copy, loaded above
+            self._model = peer
+        return self._model
 
 
 #: The reference request of :class:`RelevanceJudge`: none at all (an empty user turn).

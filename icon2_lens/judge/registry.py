@@ -15,6 +15,8 @@ name                      kind         what it reads (higher = ...)
 ``relevance``             pointwise    log p(answer | request) − log p(answer | empty request) per
                                        token (more specific to its request)
 ``fluency``               pointwise    −mean NLL per response token (more fluent to the model)
+``peer_fluency``          pointwise    the same under a second model that wrote none of the answers
+                                       (gemma3-270m unless ``peer`` is given)
 ``degeneration``          pointwise    1 usable, 0 empty or a repetition loop
 ``refusal``               pointwise    1 if the opening matches a refusal pattern (see below)
 ``apology``               pointwise    1 unless the answer opens with an apology or "I can't"
@@ -43,7 +45,7 @@ from typing import Any
 
 from icon2_lens.directions.set import DirectionSet
 
-from .reading import FluencyJudge, InherentJudge, RelevanceJudge
+from .reading import FluencyJudge, InherentJudge, PeerFluencyJudge, RelevanceJudge
 from .rules import DegenerationJudge, RefusalJudge
 from .self_judges import SelfPairwiseJudge, SelfRatingJudge
 from .surface import SURFACE_JUDGES, SurfaceJudge
@@ -85,6 +87,12 @@ JUDGES: dict[str, JudgeSpec] = {
             "relevance", RelevanceJudge, "model", "PMI of request and answer, per answer token"
         ),
         JudgeSpec("fluency", FluencyJudge, "model", "minus mean NLL per response token"),
+        JudgeSpec(
+            "peer_fluency",
+            PeerFluencyJudge,
+            "nothing",
+            "minus mean NLL per response token under a second model",
+        ),
         JudgeSpec("degeneration", DegenerationJudge, "tokenizer", "1 usable, 0 empty or looping"),
         JudgeSpec("refusal", RefusalJudge, "nothing", "1 if the opening matches a refusal pattern"),
         *(
@@ -128,7 +136,7 @@ def make_judge(
         >>> make_judge("oracle")
         Traceback (most recent call last):
         ...
-        ValueError: unknown judge 'oracle'; use one of inherent, self_rating, self_pairwise, relevance, fluency, degeneration, refusal, apology, repetition, length
+        ValueError: unknown judge 'oracle'; use one of inherent, self_rating, self_pairwise, relevance, fluency, peer_fluency, degeneration, refusal, apology, repetition, length
     """
     spec = JUDGES.get(name)
     if spec is None:

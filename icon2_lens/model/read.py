@@ -14,6 +14,7 @@ Example:
 """
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ class ResponseReadings:
         readings: ``[n, layer, d_model]`` float32 residual readings.
         nll: ``[n]`` mean NLL per response token (NaN for an empty response).
         n_tokens: ``[n]`` response lengths in tokens.
+        nll_tempered: ``[n]`` mean NLL per response token with the logits divided by the
+            ``temperature`` asked for (``None`` when none was).
     """
 
     layers: list[int]
@@ -57,6 +60,7 @@ class ResponseReadings:
     readings: Float[Tensor, "n layer d_model"]
     nll: Float[Tensor, " n"]
     n_tokens: Float[Tensor, " n"]
+    nll_tempered: Float[Tensor, " n"] | None = None
 
     def project(
         self, directions: Directions, layers: Sequence[int] | None = None
@@ -168,6 +172,7 @@ def read_responses(
     batch_size: int = 8,
     backend: str = "auto",
     nll: bool = True,
+    temperature: float | None = None,
     progress: bool = False,
 ) -> ResponseReadings:
     """One forward pass per response under the unsteered model: residual readings, NLL and length.
@@ -188,6 +193,8 @@ def read_responses(
             the response positions), ``fast`` or ``bridge``; equal up to float rounding.
         nll: Also compute the NLL (``False``: no logits at all, the pass stops after the last
             layer read; ``nll`` is then NaN).
+        temperature: Also the mean NLL per token with the logits divided by this
+            (``nll_tempered``; needs ``nll``).
         progress: Show a progress bar.
     """
     n = len(responses)
@@ -198,6 +205,10 @@ def read_responses(
     if read not in READS:
         raise ValueError(f"unknown read {read!r}; use one of {', '.join(READS)}")
     check_site(site)
+    if temperature is not None and not (nll and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"temperature must be a positive number read with nll=True, got {temperature!r}"
+        )
     layers = normalize_layers(list(layers), model.cfg.n_layers)
     if backend not in ("auto", "fast", "bridge"):
         raise ValueError(f"unknown backend {backend!r}; use auto, fast or bridge")
@@ -211,6 +222,7 @@ def read_responses(
     rows, answers = _rows(model, instructions, responses)
     readings = torch.zeros(n, len(layers), model.cfg.d_model)
     nlls = torch.full((n,), float("nan"))
+    tempered = torch.full((n,), float("nan")) if temperature is not None else None
     order = sorted(range(n), key=lambda i: len(rows[i]))
     for start in tqdm(range(0, n, batch_size), desc="scoring", disable=not progress, unit="batch"):
         idx = order[start : start + batch_size]
@@ -228,7 +240,11 @@ def read_responses(
                 resid = got[layer][b]
                 readings[i, j] = resid[-1] if read == "last" else resid[width - max(k, 1) :].mean(0)
             if k and logits is not None:
-                logp = torch.log_softmax(logits[b, keep - k - 1 : keep - 1].float(), dim=-1)
-                nlls[i] = -logp.gather(-1, ids[b, width - k :].view(-1, 1)).mean()
+                z = logits[b, keep - k - 1 : keep - 1].float()
+                target = ids[b, width - k :].view(-1, 1)
+                nlls[i] = -torch.log_softmax(z, dim=-1).gather(-1, target).mean()
+                if tempered is not None:
+                    z = z / temperature
+                    tempered[i] = -torch.log_softmax(z, dim=-1).gather(-1, target).mean()
     lengths = torch.tensor([float(len(a)) for a in answers])
-    return ResponseReadings(list(layers), site, read, readings, nlls, lengths)
+    return ResponseReadings(list(layers), site, read, readings, nlls, lengths, tempered)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "answer_pairs",
+    "prompt_texts",
     "PAIR_FIELDS",
     "PROVENANCE_PREFIX",
     "PairFormat",
@@ -378,3 +379,22 @@ def answer_pairs(records: Sequence[dict]) -> list[tuple[str, str]]:
         )
 
     return [(text(r["chosen"]), text(r["rejected"])) for r in records]
+
+
+def prompt_texts(records: Sequence[dict]) -> list[str]:
+    """The user request of each record: the prompt string, or its last user message's text.
+
+    Example:
+        >>> prompt_texts([{"prompt": "hi"}, {"prompt": [{"role": "user", "content": "yo"}]}])
+        ['hi', 'yo']
+    """
+
+    def text(value, i: int) -> str:
+        if isinstance(value, str):
+            return value
+        users = [m for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        if not isinstance(value, list) or not users:
+            raise ValueError(f"records[{i}]['prompt'] has no user message; give it one")
+        return str(users[-1].get("content", ""))
+
+    return [text(r["prompt"], i) for i, r in enumerate(records)]

@@ -14,6 +14,7 @@ import torch
 from icon2_lens.audit.config import AuditConfig
 from icon2_lens.audit.data import DataWheel, MinimalPair, load_minimal_pairs
 from icon2_lens.audit.lens import direction_logits, logit_lens, steering_shift
+from icon2_lens.audit.likelihood import likelihood_report
 from icon2_lens.audit.report import headline
 from icon2_lens.audit.shift import shift_table
 from icon2_lens.audit.shortcuts import shortcut_report
@@ -31,7 +32,7 @@ from icon2_lens.directions.wording import (
     wording_accuracy,
     wording_activations,
 )
-from icon2_lens.testing import tiny_model
+from icon2_lens.testing import TINY_WORDS, tiny_model
 
 INSTRUCTIONS = [
     "tell me a story about a cat",
@@ -234,6 +235,59 @@ def test_shortcut_check_refuses_unusable_pair_sets(records, message):
         shortcut_report(records)
 
 
+# ---- likelihood: the model's own preference between the answers ----
+
+
+def _own_answers(model, pick, n_tokens=6):
+    """Per instruction, the answer of ``n_tokens`` words the tiny model rates highest (or lowest)."""
+    from icon2_lens.model.chat import render_chat
+
+    tok = model.tokenizer
+    words = [w for w in TINY_WORDS if w not in ",.?!"]
+    allowed = torch.tensor([tok.convert_tokens_to_ids(w) for w in words])
+    out = []
+    for ins in INSTRUCTIONS:
+        ids = tok(render_chat(tok, ins), add_special_tokens=False, return_tensors="pt").input_ids
+        chosen = []
+        for _ in range(n_tokens):
+            with torch.no_grad():
+                logits = model(ids)[0, -1, allowed]
+            k = int(logits.argmax() if pick == "max" else logits.argmin())
+            chosen.append(words[k])
+            ids = torch.cat([ids, allowed[k].view(1, 1)], dim=1)
+        out.append(" ".join(chosen))
+    return out
+
+
+def test_answers_the_model_prefers_are_found_by_likelihood_and_sharpening(model):
+    likely, unlikely = _own_answers(model, "max"), _own_answers(model, "min")
+    recs = [
+        {"prompt": q, "chosen": c, "rejected": r} for q, c, r in zip(INSTRUCTIONS, likely, unlikely)
+    ]
+    report = likelihood_report(model, recs, progress=False)
+    assert report["n_pairs"] == len(INSTRUCTIONS)
+    assert report["logp_auc"] == pytest.approx(1.0)
+    assert report["chosen_likelier"] == 1.0
+    assert report["chosen_nll"] < report["rejected_nll"]
+    # sharpening raises the most likely tokens and lowers the least likely: every pair ranked right
+    assert report["sharpening_accuracy"] == 1.0
+    assert report["shortcut"]
+    swapped = [
+        {**r, "chosen": r["rejected"], "rejected": r["chosen"]} if i % 2 else r
+        for i, r in enumerate(recs)
+    ]
+    mixed = likelihood_report(model, swapped, progress=False)
+    assert mixed["chosen_likelier"] == 0.5
+    assert abs(mixed["logp_auc"] - 0.5) < 0.2
+    assert abs(mixed["sharpening_accuracy"] - 0.5) < 0.2
+
+
+def test_likelihood_refuses_a_temperature_that_does_not_sharpen(model):
+    recs = [{"prompt": "q", "chosen": "the cat", "rejected": "a dog"}] * 3
+    with pytest.raises(ValueError, match="temperature"):
+        likelihood_report(model, recs, temperature=1.5, progress=False)
+
+
 # ---- orthogonalisation, logit lens, DPO shift ----
 
 
@@ -433,8 +487,11 @@ def test_run_audit_writes_every_section_and_resumes(model, tmp_path, fake_pairs,
         "wording",
         "confounds",
         "shortcuts",
+        "likelihood",
         "shift",
     }
+    assert res["headline"]["likelihood"]["n_pairs"] == res["sections"]["shortcuts"]["n_pairs"]
+    assert "What the model itself tells apart" in (tmp_path / "a" / "report.md").read_text()
     assert res["sections"]["wording"]["no_wordings"] == [
         "toy"
     ]  # only built-in criteria ship wordings

@@ -14,8 +14,13 @@ from icon2_lens.judge.compare import (
     length_controlled_win_rate,
     response_lengths,
 )
-from icon2_lens.judge.reading import FluencyJudge, InherentJudge, RelevanceJudge
-from icon2_lens.judge.registry import JUDGES, make_judge
+from icon2_lens.judge.reading import (
+    FluencyJudge,
+    InherentJudge,
+    PeerFluencyJudge,
+    RelevanceJudge,
+)
+from icon2_lens.judge.registry import INDEPENDENT_JUDGES, JUDGES, make_judge
 from icon2_lens.judge.rules import DEFAULT_REFUSAL_PATTERNS, DegenerationJudge, RefusalJudge
 from icon2_lens.judge.self_judges import SelfPairwiseJudge, SelfRatingJudge
 from icon2_lens.judge.surface import SurfaceJudge
@@ -82,6 +87,7 @@ def test_judges_follow_their_protocol(model, digit_model):
         InherentJudge(model, _sets(model)),
         SelfRatingJudge(digit_model),
         FluencyJudge(model),
+        PeerFluencyJudge(peer=model),
         DegenerationJudge(model),
         RefusalJudge(),
         SelfPairwiseJudge(digit_model),
@@ -457,6 +463,28 @@ def test_surface_judges_read_their_cue(name, planted, plain):
     assert np.isnan(s[2])
     assert (s[0] > s[1]) == (name == "length"), s
     assert "text only" in judge.description
+
+
+def test_peer_fluency_reads_with_the_peer_not_the_judged_model(model, copying_model, tmp_path):
+    requests = ["tell me a story about a cat", "what is good food", "help me fix my code"]
+    echoing = ["a story about a cat", "good food is good", "fix my code"]
+    unrelated = ["poem happy dog water", "the mat sat on dog", "a happy dog is a dog"]
+    judge = make_judge("peer_fluency", model, peer=copying_model)
+    assert judge.name == "peer_fluency" and "peer_fluency" in INDEPENDENT_JUDGES
+    # the peer (which favours words of the request) decides, not the model passed as the judged one
+    assert np.all(judge.score(requests, echoing) > judge.score(requests, unrelated))
+    assert np.allclose(
+        judge.score(requests, echoing), FluencyJudge(copying_model).score(requests, echoing)
+    )
+    assert not np.allclose(
+        judge.score(requests, echoing), FluencyJudge(model).score(requests, echoing)
+    )
+    # a peer named by path is loaded on first use only
+    from icon2_lens.testing import save_tiny_model
+
+    lazy = PeerFluencyJudge(peer=str(save_tiny_model(tmp_path / "peer", seed=3)))
+    assert lazy._model is None
+    assert np.isnan(lazy.score(["hi"], [""])[0]) and lazy._model is not None
 
 
 def test_independent_judges_read_no_direction():
