@@ -320,7 +320,8 @@ class PeerFluencyJudge(FluencyJudge):
     likelihood under it whether or not its answer is worse. A model of another family and size has
     no such stake. Minus the mean NLL per response token under ``peer`` (its own tokenizer and chat
     template; a peer loaded here without one, a base model, reads plain "User:" / "Assistant:"
-    turns, :data:`PLAIN_CHAT_TEMPLATE`); NaN for an empty response.
+    turns, :data:`PLAIN_CHAT_TEMPLATE`); NaN for an empty response. When the judged systems come
+    from the peer itself (a run on ``gemma3-270m``), pass another ``peer``.
 
     Args:
         model: Ignored (the judged model does not read); accepted so every judge is built alike.
