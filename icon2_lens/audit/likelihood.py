@@ -16,8 +16,8 @@ much of that is on offer:
 * ``sharpening_accuracy``: the DPO reward accuracy of a policy that is the model at
   ``temperature`` < 1 (logits divided by it) against the model as reference, i.e. the share of
   pairs with ``Σ log p_T(chosen) − Σ log p(chosen) > Σ log p_T(rejected) − Σ log p(rejected)``.
-  A reward-accuracy curve that rises to this level in the first optimizer steps has learned no
-  more than "be more confident".
+  A reward accuracy at or below this level is one the policy could reach by growing more
+  confident alone; only what lies above it says the pairs taught something else.
 
 Example:
     >>> from icon2_lens.testing import tiny_model
