@@ -21,7 +21,8 @@ much of that is on offer:
 
 Example:
     >>> from icon2_lens.testing import tiny_model
-    >>> recs = [{"prompt": "say hi", "chosen": "hi there", "rejected": "zq zq"}] * 10
+    >>> recs = [{"prompt": [{"role": "user", "content": "tell me a story"}],
+    ...          "chosen": "the cat sat", "rejected": "a dog"}] * 10
     >>> sorted(likelihood_report(tiny_model(), recs, progress=False))[:3]
     ['chosen_likelier', 'chosen_nll', 'higher_in']
 """
@@ -69,18 +70,32 @@ def likelihood_report(
         token), ``threshold`` and ``shortcut`` (whether the strength or the sharpening accuracy
         reaches the threshold).
 
+    Pairs with an empty answer, or the same answer on both sides, are left out (as DPO's reward
+    accuracy counts a tie as wrong, they would only blur the levels).
+
     Raises:
-        ValueError: No pairs with two non-empty answers, or a temperature outside (0, 1).
+        ValueError: Standard-format (string) prompts, no pair with two different non-empty
+            answers, or a temperature outside (0, 1).
     """
     if not 0 < temperature < 1:
         raise ValueError(f"temperature must be in (0, 1) to sharpen, got {temperature!r}")
+    if any(isinstance(r.get("prompt"), str) for r in records):
+        raise ValueError(
+            "the likelihood check reads conversational pairs (prompt as chat messages, which it "
+            "renders with the model's chat template, as DPO does); these are standard-format "
+            "strings, so it is skipped"
+        )
     pairs = answer_pairs(records)
     prompts = prompt_texts(records)
-    use = [i for i, (c, r) in enumerate(pairs) if c.strip() and r.strip()]
+    use = [
+        i for i, (c, r) in enumerate(pairs) if c.strip() and r.strip() and c.strip() != r.strip()
+    ]
     if not use:
-        raise ValueError("no pair has two non-empty answers; make the pairs first")
+        raise ValueError("no pair has two different non-empty answers; make the pairs first")
     if len(use) < len(pairs):
-        logger.info("likelihood: %d pairs with an empty answer left out", len(pairs) - len(use))
+        logger.info(
+            "likelihood: %d pairs with an empty or identical answer left out", len(pairs) - len(use)
+        )
     n = len(use)
     instructions = [prompts[i] for i in use] * 2
     answers = [pairs[i][0] for i in use] + [pairs[i][1] for i in use]

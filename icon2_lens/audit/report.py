@@ -173,7 +173,7 @@ def headline(
                 f"pairs: '{cue['feature']}' tells chosen from rejected with AUC {cue['strength']:.2f} "
                 f"(≥ {sc['threshold']}; higher in {cue['higher_in']}): DPO can learn the cue instead of the criterion"
             )
-    if "likelihood" in sections:
+    if "likelihood" in sections and "skipped" not in sections["likelihood"]:
         lk = sections["likelihood"]
         out["likelihood"] = {
             k: lk[k]

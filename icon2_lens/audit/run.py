@@ -317,14 +317,18 @@ class _Audit:
 
     def likelihood(self) -> dict:
         cfg = self.config
-        return likelihood_report(
-            self.model,
-            self.records,
-            temperature=cfg.sharpening_temperature,
-            threshold=cfg.shortcut_threshold,
-            batch_size=cfg.batch_size,
-            progress=self.progress,
-        )
+        try:
+            return likelihood_report(
+                self.model,
+                self.records,
+                temperature=cfg.sharpening_temperature,
+                threshold=cfg.shortcut_threshold,
+                batch_size=cfg.batch_size,
+                progress=self.progress,
+            )
+        except ValueError as e:  # recorded, as the run's shortcut check records its skips
+            logger.warning("audit section likelihood skipped: %s", e)
+            return {"skipped": str(e)}
 
     def shift(self) -> dict:
         cfg = self.config

@@ -350,6 +350,11 @@ class PeerFluencyJudge(FluencyJudge):
         self._model = None if isinstance(peer, str) else peer
 
     @property
+    def tokenizer(self) -> Any:
+        """None: lengths for length control are counted in words, without loading the peer."""
+        return None
+
+    @property
     def model(self) -> LensModel:  # type: ignore[override]
         if self._model is None:
             from icon2_lens.model.load import load_model

@@ -262,7 +262,8 @@ def _own_answers(model, pick, n_tokens=6):
 def test_answers_the_model_prefers_are_found_by_likelihood_and_sharpening(model):
     likely, unlikely = _own_answers(model, "max"), _own_answers(model, "min")
     recs = [
-        {"prompt": q, "chosen": c, "rejected": r} for q, c, r in zip(INSTRUCTIONS, likely, unlikely)
+        {"prompt": [{"role": "user", "content": q}], "chosen": c, "rejected": r}
+        for q, c, r in zip(INSTRUCTIONS, likely, unlikely)
     ]
     report = likelihood_report(model, recs, progress=False)
     assert report["n_pairs"] == len(INSTRUCTIONS)
@@ -286,6 +287,24 @@ def test_likelihood_refuses_a_temperature_that_does_not_sharpen(model):
     recs = [{"prompt": "q", "chosen": "the cat", "rejected": "a dog"}] * 3
     with pytest.raises(ValueError, match="temperature"):
         likelihood_report(model, recs, temperature=1.5, progress=False)
+    with pytest.raises(ValueError, match="standard-format"):
+        likelihood_report(model, recs, progress=False)
+
+
+def test_likelihood_leaves_out_empty_and_identical_pairs_and_keeps_the_rest_aligned(model):
+    likely, unlikely = _own_answers(model, "max"), _own_answers(model, "min")
+    recs = [
+        {"prompt": [{"role": "user", "content": q}], "chosen": c, "rejected": r}
+        for q, c, r in zip(INSTRUCTIONS, likely, unlikely)
+    ]
+    # the planted pairs, then one with an empty answer and one with the same answer twice
+    # placed first, so a misaligned prompt would pair every later answer with the wrong request
+    extra = [{**recs[0], "rejected": ""}, {**recs[1], "rejected": recs[1]["chosen"]}]
+    report = likelihood_report(model, extra + recs, progress=False)
+    clean = likelihood_report(model, recs, progress=False)
+    assert report["n_pairs"] == len(recs)
+    for key in ("logp_auc", "chosen_likelier", "sharpening_accuracy", "chosen_nll"):
+        assert report[key] == pytest.approx(clean[key])
 
 
 # ---- orthogonalisation, logit lens, DPO shift ----
@@ -451,6 +470,15 @@ def fake_pairs(monkeypatch):
     monkeypatch.setattr(audit_run, "load_minimal_pairs", load)
 
 
+def _chat(record):
+    """The same pair in TRL's conversational format."""
+    return {
+        "prompt": [{"role": "user", "content": record["prompt"]}],
+        "chosen": [{"role": "assistant", "content": record["chosen"]}],
+        "rejected": [{"role": "assistant", "content": record["rejected"]}],
+    }
+
+
 def _write_pairs(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -461,7 +489,7 @@ def test_run_audit_writes_every_section_and_resumes(model, tmp_path, fake_pairs,
 
     g = torch.Generator().manual_seed(0)
     sets = {name: _set(name, torch.randn(3, 16, generator=g)) for name in ("honesty", "toy")}
-    pairs = _write_pairs(tmp_path / "pairs.jsonl", _records(30))
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", [_chat(r) for r in _records(30)])
     trained = tiny_model(seed=1)
     cfg = AuditConfig(
         domains=("gender", "morality"),
