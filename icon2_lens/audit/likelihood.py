@@ -37,6 +37,8 @@ from icon2_lens.judge.surface import roc_auc
 from icon2_lens.model.read import read_responses
 from icon2_lens.pairs.records import answer_pairs, prompt_texts
 
+from .shortcuts import SHORTCUT_THRESHOLD
+
 __all__ = ["SHARPENING_TEMPERATURE", "likelihood_report"]
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def likelihood_report(
     records: Sequence[dict],
     *,
     temperature: float = SHARPENING_TEMPERATURE,
-    threshold: float = 0.7,
+    threshold: float = SHORTCUT_THRESHOLD,
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict:
@@ -58,7 +60,8 @@ def likelihood_report(
 
     Args:
         model: The model DPO starts from (the reference).
-        records: Pair records (``prompt``, ``chosen``, ``rejected``, TRL format or plain text).
+        records: Pair records in TRL's conversational format (``prompt`` as chat messages;
+            ``chosen`` and ``rejected`` as messages or text).
         temperature: Temperature of the sharpened policy (below 1).
         threshold: Strength at which the likelihood counts as a shortcut (the surface cues').
         batch_size: Rows per forward pass.
@@ -108,9 +111,8 @@ def likelihood_report(
         temperature=temperature,
         progress=progress,
     )
-    nll = res.nll.double().numpy()
-    assert res.nll_tempered is not None
-    gain = (nll - res.nll_tempered.double().numpy()) * res.n_tokens.double().numpy()
+    nll, tempered = res.nll.double().numpy(), res.nll_tempered
+    gain = (nll - tempered.double().numpy()) * res.n_tokens.double().numpy()  # type: ignore[union-attr]
     logp = -nll
     auc = roc_auc(np.r_[np.ones(n), np.zeros(n)], logp)
     strength = max(auc, 1 - auc)
