@@ -52,8 +52,8 @@ class AuditConfig:
     )
     gamma_pos: float = option(
         -DEFAULT_GAMMA_NEG,
-        help="γ⁺ of the behavioural tests (default: the mirror of the pairs' γ⁻, since the "
-        "default one-sided pairs do not steer their chosen answer)",
+        help="γ⁺ of the behavioural tests (default: the mirror of the pairs' γ⁻, the γ of the "
+        "chosen answer in the default's mirrored pairs)",
     )
     gamma_neg: float = option(
         DEFAULT_GAMMA_NEG, help="γ⁻ of the behavioural tests (the pairs' default)"

@@ -15,6 +15,16 @@ token). Both answers then open alike, so an opener (an apology, a greeting) cann
 apart; what DPO can learn from is the continuation. The tokens shared are recorded as
 ``icon2_shared_prefix``. (``icon2-lens sweep`` judges answers started at the prompt.)
 
+With ``gamma_neg_spread = s`` each instruction's rejected answer gets its own
+``γ⁻ᵢ = γ⁻ · (1 + s · (2uᵢ − 1))``, ``uᵢ`` uniform from ``(seed, instruction index)``: the pairs
+range from nearly alike (mild γ⁻ᵢ) to far apart, instead of all differing by one push of the same
+size. With ``mirror_share = m`` a seeded share ``m`` of the instructions gets the mirrored pair,
+the γ pair reflected about 0: ``(γ⁺, γ⁻ᵢ) → (−γ⁻ᵢ, −γ⁺)``. For one-sided pairs (γ⁺ = 0) that is
+chosen pushed along the criterion at ``|γ⁻ᵢ|`` against the unsteered answer, so the model's own
+greedy answer is chosen in only part of the pairs and DPO cannot tell chosen from rejected by
+the model's likelihood alone (docs/results.md); symmetric two-sided pairs are their own mirror.
+The γ values used are recorded per pair as ``icon2_gamma_pos`` and ``icon2_gamma_neg``.
+
 Records follow TRL's conversational preference format with an explicit prompt, plus flat
 ``icon2_*`` provenance columns::
 
@@ -43,6 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from icon2_lens._config import documented, option
@@ -64,6 +75,7 @@ __all__ = [
     "DEFAULT_GAMMA_POS",
     "DEFAULT_GAMMA_NEG",
     "DEFAULT_LAYERS",
+    "DEFAULT_MIRROR_SHARE",
     "orthogonalize_sets",
     "check_gamma_signs",
     "MAX_RELATIVE_GAMMA",
@@ -78,6 +90,11 @@ log = logging.getLogger(__name__)
 DEFAULT_GAMMA_POS = 0.0
 DEFAULT_GAMMA_NEG = -0.02
 DEFAULT_LAYERS: tuple[int, ...] = tuple(range(13, 23))
+#: Half the pairs mirrored: the model's own greedy answer is chosen in about half of them, rejected
+#: in the other half, so DPO learns the direction rather than "prefer what I would have said"
+#: (on SmolLM2 the saturation rule fired at step 5 of 42 without, at step 15 with; see
+#: docs/results.md).
+DEFAULT_MIRROR_SHARE = 0.5
 
 
 @documented
@@ -114,6 +131,20 @@ class PairConfig:
         "(at most half of either budget), so that no opener tells them apart; 0 = both answers "
         "start at the prompt (on SmolLM2, 16 removed the surface cues, and the trained model's "
         "relevance win over the base fell from 0.63 to 0.58, no longer above 0.5: docs/results.md)",
+    )
+    gamma_neg_spread: float = option(
+        0.0,
+        help="spread of γ⁻ over the pairs, in [0, 1): each instruction's rejected answer is "
+        "steered at γ⁻ × (1 + spread × (2u − 1)), u uniform from (seed, instruction index), so "
+        "pairs range from nearly alike to far apart; 0 = every pair at γ⁻",
+    )
+    mirror_share: float = option(
+        DEFAULT_MIRROR_SHARE,
+        help="share of the instructions, in [0, 1], whose γ pair is mirrored (seeded draw): "
+        "(γ⁺, γ⁻) → (−γ⁻, −γ⁺). With γ⁺ = 0 the mirrored pair is the answer pushed along the "
+        "criterion at |γ⁻| against the unsteered one, so the model's own greedy answer is not "
+        "always chosen and its likelihood stops giving chosen away (on SmolLM2 0.5 kept DPO's "
+        "reward accuracy from saturating: docs/results.md); 0 = no mirrored pairs",
     )
     do_sample: bool = option(
         False, aliases=("--sample",), help="seeded sampling instead of greedy decoding"
@@ -158,8 +189,19 @@ class PairConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if not self.allow_any_gamma:
-            check_gamma_signs(self.gamma_pos, self.gamma_neg, self.unit)
+        spread = self.gamma_neg_spread
+        if not isinstance(spread, (int, float)) or not 0 <= spread < 1:
+            raise ValueError(
+                f"gamma_neg_spread must be in [0, 1) (a share of γ⁻), got {spread!r}; "
+                "0.75 draws γ⁻ between a quarter and 1.75 times its value"
+            )
+        mirror = self.mirror_share
+        if not isinstance(mirror, (int, float)) or not 0 <= mirror <= 1:
+            raise ValueError(
+                f"mirror_share must be in [0, 1] (a share of the pairs), got {mirror!r}"
+            )
+        if not self.allow_any_gamma:  # the strongest γ⁻ the spread can draw must pass too
+            check_gamma_signs(self.gamma_pos, self.gamma_neg * (1 + spread), self.unit)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.shared_prefix < 0:
@@ -197,8 +239,44 @@ class PairConfig:
             # recorded only when used, so pairs made before the option keep their settings
             **({"orthogonalize": list(self.orthogonalize)} if self.orthogonalize else {}),
             **({"shared_prefix": self.shared_prefix} if self.shared_prefix else {}),
+            **({"gamma_neg_spread": self.gamma_neg_spread} if self.gamma_neg_spread else {}),
+            **({"mirror_share": self.mirror_share} if self.mirror_share else {}),
             **({"allow_any_gamma": True} if self.allow_any_gamma else {}),
         }
+
+    def gammas_of(self, index: int) -> tuple[float, float]:
+        """``(γ of the chosen answer, γ of the rejected one)`` for the instruction at ``index``.
+
+        Without spread or mirroring that is ``(gamma_pos, gamma_neg)``. ``gamma_neg_spread`` draws
+        the instruction's own γ⁻ᵢ; a mirrored instruction (drawn with probability
+        ``mirror_share``) gets the reflected pair ``(−γ⁻ᵢ, −γ⁺)``: for one-sided pairs, chosen
+        pushed along the criterion and rejected unsteered. Draws come from ``(seed, index)``
+        alone, so they do not depend on batching.
+
+        Example:
+            >>> c = PairConfig(gamma_neg=-0.02, gamma_neg_spread=0.5, mirror_share=0.0)
+            >>> all(-0.03 <= c.gammas_of(i)[1] <= -0.01 for i in range(100))
+            True
+            >>> PairConfig(gamma_neg=-0.02, mirror_share=0.0).gammas_of(7)
+            (0.0, -0.02)
+            >>> m = PairConfig(gamma_neg=-0.02, mirror_share=0.5)
+            >>> sorted({m.gammas_of(i) for i in range(50)})
+            [(0.0, -0.02), (0.02, 0.0)]
+            >>> sorted({replace(m, gamma_pos=0.1, gamma_neg=-0.05).gammas_of(i) for i in range(50)})
+            [(0.05, -0.1), (0.1, -0.05)]
+        """
+        if not (self.gamma_neg_spread or self.mirror_share):
+            return self.gamma_pos, self.gamma_neg
+        u_spread, u_mirror = np.random.default_rng([self.seed, index, _GAMMA_DRAW_STREAM]).random(2)
+        neg = float(self.gamma_neg * (1.0 + self.gamma_neg_spread * (2.0 * u_spread - 1.0)))
+        if u_mirror < self.mirror_share:
+            return -neg, 0.0 - self.gamma_pos  # 0.0 - x: no -0.0 in the records
+        return self.gamma_pos, neg
+
+
+#: Salt of the random stream that draws each instruction's γ⁻ and mirroring (apart from its
+#: decoding stream).
+_GAMMA_DRAW_STREAM = 0x5EED
 
 
 #: The largest |γ| in relative units accepted without ``allow_any_gamma``: a push of one whole
@@ -389,6 +467,8 @@ def generate_pairs(
                 "icon2_chosen_finished": c.finished,
                 "icon2_rejected_finished": r.finished,
                 **({"icon2_shared_prefix": shared[j]} if config.shared_prefix else {}),
+                "icon2_gamma_pos": config.gammas_of(item.index)[0],
+                "icon2_gamma_neg": config.gammas_of(item.index)[1],
             }
             sort_pair(item, c, r, prov, config.max_repetition, new_pairs, new_drops)
         store.add(new_pairs, new_drops)
@@ -432,7 +512,11 @@ def _answer_batch(
     if not config.shared_prefix:
         both = rows_of + [(j + k, item) for j, item in rows_of]
         specs = _specs(
-            both, sets, layers, config, lambda j, _: config.gamma_pos if j < k else config.gamma_neg
+            both,
+            sets,
+            layers,
+            config,
+            lambda j, item: config.gammas_of(item.index)[0 if j < k else 1],
         )
         gens = generate_rows(
             model,
@@ -443,7 +527,7 @@ def _answer_batch(
             backend=config.backend,
         )
         return gens[:k], gens[k:], [0] * k
-    pos = _specs(rows_of, sets, layers, config, lambda *_: config.gamma_pos)
+    pos = _specs(rows_of, sets, layers, config, lambda _, item: config.gammas_of(item.index)[0])
     chosen = generate_rows(
         model, rows, config.decoding, steering=pos, row_seeds=seeds, backend=config.backend
     )
@@ -451,7 +535,7 @@ def _answer_batch(
     shared = [min(most, len(c.token_ids) // 2) for c in chosen]
     prefixed = [list(row) + c.token_ids[:n] for row, c, n in zip(rows, chosen, shared)]
     budget = replace(config.decoding, max_new_tokens=config.max_new_tokens - most)
-    neg = _specs(rows_of, sets, layers, config, lambda *_: config.gamma_neg)
+    neg = _specs(rows_of, sets, layers, config, lambda _, item: config.gammas_of(item.index)[1])
     tails = generate_rows(
         model,
         prefixed,

@@ -91,6 +91,67 @@ def test_pairs_equal_separately_steered_generations(tiny):
             assert by_index[item.index][key][0]["content"] == alone.text
 
 
+def test_gamma_neg_spread_steers_each_rejected_answer_at_its_own_recorded_gamma(tiny):
+    """With a spread, every rejected answer is the one steered alone at the γ⁻ its record names;
+    the draws differ between instructions, stay within γ⁻ × (1 ± spread) and leave chosen alone."""
+    sets = _sets(tiny)
+    kept = _kept()[:6]
+    cfg = replace(CFG, gamma_neg_spread=0.75)
+    res = generate_pairs(tiny, kept, sets, cfg, progress=False)
+    plain = {
+        r["icon2_index"]: r for r in generate_pairs(tiny, kept, sets, CFG, progress=False).records
+    }
+    drawn = {r["icon2_index"]: r["icon2_gamma_neg"] for r in res.records + res.dropped}
+    assert len(set(drawn.values())) == len(kept)
+    assert all(-0.4 * 1.75 <= g <= -0.4 * 0.25 for g in drawn.values())
+    assert drawn == {k.index: cfg.gammas_of(k.index)[1] for k in kept}  # seeded, reproducible
+    for r in res.records:
+        item = next(k for k in kept if k.index == r["icon2_index"])
+        rows = encode_prompts(tiny.tokenizer, [render_chat(tiny.tokenizer, item.instruction)])
+        spec = SteeringSpec(
+            directions=sets[item.criterion], gamma=drawn[item.index], layers=[0, 1, 2]
+        )
+        alone = generate_rows(tiny, rows, CFG.decoding, steering=[spec], row_seeds=[item.index])
+        assert r["rejected"][0]["content"] == alone[0].text
+        if item.index in plain:
+            assert r["chosen"] == plain[item.index]["chosen"]
+    with pytest.raises(ValueError, match="gamma_neg_spread"):
+        PairConfig(gamma_neg_spread=1.0)
+    with pytest.raises(ValueError, match="mean residual norm"):
+        PairConfig(gamma_neg=-0.8, gamma_neg_spread=0.5)
+
+
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_mirrored_pairs_choose_the_pushed_answer_over_the_unsteered_one(tiny, prefix):
+    """A mirrored instruction's chosen answer is the one steered alone at |γ⁻| and its rejected
+    answer the unsteered one; the other instructions keep their one-sided pair."""
+    sets = _sets(tiny)
+    kept = _kept()
+    cfg = replace(
+        CFG, gamma_neg=-0.9, gamma_pos=0.0, mirror_share=0.5, seed=4, shared_prefix=prefix
+    )
+    res = generate_pairs(tiny, kept, sets, cfg, progress=False)
+    mirrored = [r["icon2_gamma_neg"] == 0.0 for r in res.records]
+    assert any(mirrored) and not all(mirrored)
+    for r in res.records:
+        item = next(k for k in kept if k.index == r["icon2_index"])
+        rows = encode_prompts(tiny.tokenizer, [render_chat(tiny.tokenizer, item.instruction)])
+        gp, gn = cfg.gammas_of(item.index)
+        assert (r["icon2_gamma_pos"], r["icon2_gamma_neg"]) == (gp, gn)
+        assert (gp, gn) in ((0.9, 0.0), (0.0, -0.9))
+        spec = SteeringSpec(directions=sets[item.criterion], gamma=gp, layers=[0, 1, 2])
+        chosen = generate_rows(tiny, rows, cfg.decoding, steering=[spec], row_seeds=[item.index])
+        assert r["chosen"][0]["content"] == chosen[0].text
+        if not prefix:
+            spec = replace(spec, gamma=gn)
+            alone = generate_rows(tiny, rows, cfg.decoding, steering=[spec], row_seeds=[item.index])
+            assert r["rejected"][0]["content"] == alone[0].text
+    two_sided = replace(cfg, gamma_pos=0.9)  # symmetric pairs are their own mirror
+    assert {two_sided.gammas_of(k.index) for k in kept} == {(0.9, -0.9)}
+    with pytest.raises(ValueError, match="mirror_share"):
+        PairConfig(mirror_share=1.5)
+
+
 @pytest.mark.parametrize("prefix", [3, 100])
 def test_shared_prefix_rejected_continues_the_chosen_opening_at_gamma_neg(tiny, tmp_path, prefix):
     """The chosen answers do not change; each rejected one is the chosen answer's first
