@@ -96,10 +96,13 @@ def test_gamma_neg_spread_steers_each_rejected_answer_at_its_own_recorded_gamma(
     the draws differ between instructions, stay within γ⁻ × (1 ± spread) and leave chosen alone."""
     sets = _sets(tiny)
     kept = _kept()[:6]
-    cfg = replace(CFG, gamma_neg_spread=0.75)
+    cfg = replace(CFG, gamma_neg_spread=0.75, mirror_share=0.0)
     res = generate_pairs(tiny, kept, sets, cfg, progress=False)
     plain = {
-        r["icon2_index"]: r for r in generate_pairs(tiny, kept, sets, CFG, progress=False).records
+        r["icon2_index"]: r
+        for r in generate_pairs(
+            tiny, kept, sets, replace(cfg, gamma_neg_spread=0.0), progress=False
+        ).records
     }
     drawn = {r["icon2_index"]: r["icon2_gamma_neg"] for r in res.records + res.dropped}
     assert len(set(drawn.values())) == len(kept)
@@ -115,6 +118,7 @@ def test_gamma_neg_spread_steers_each_rejected_answer_at_its_own_recorded_gamma(
         assert r["rejected"][0]["content"] == alone[0].text
         if item.index in plain:
             assert r["chosen"] == plain[item.index]["chosen"]
+    assert set(plain) & {r["icon2_index"] for r in res.records}  # chosen compared at least once
     with pytest.raises(ValueError, match="gamma_neg_spread"):
         PairConfig(gamma_neg_spread=1.0)
     with pytest.raises(ValueError, match="mean residual norm"):
