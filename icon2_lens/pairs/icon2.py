@@ -437,8 +437,6 @@ def generate_pairs(
     todo = store.todo(kept, config.batch_size)
     prov_common = {
         "icon2_source": source,
-        "icon2_gamma_pos": config.gamma_pos,
-        "icon2_gamma_neg": config.gamma_neg,
         "icon2_unit": config.unit,
         "icon2_positions": config.positions,
         "icon2_max_new_tokens": config.decoding.max_new_tokens,
@@ -467,8 +465,7 @@ def generate_pairs(
                 "icon2_chosen_finished": c.finished,
                 "icon2_rejected_finished": r.finished,
                 **({"icon2_shared_prefix": shared[j]} if config.shared_prefix else {}),
-                "icon2_gamma_pos": config.gammas_of(item.index)[0],
-                "icon2_gamma_neg": config.gammas_of(item.index)[1],
+                **dict(zip(("icon2_gamma_pos", "icon2_gamma_neg"), config.gammas_of(item.index))),
             }
             sort_pair(item, c, r, prov, config.max_repetition, new_pairs, new_drops)
         store.add(new_pairs, new_drops)
