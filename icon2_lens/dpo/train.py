@@ -24,6 +24,7 @@ from icon2_lens.model.load import model_source, package_versions
 from icon2_lens.pairs.records import validate_pairs
 
 from .curves import SaturationRule, check_reward_saturation, plot_reward_curves, train_rows
+from .ends import count_opened
 from .settings import DPOSettings, split_options
 from .trainer import as_records, dropped_records_message, is_bridge, make_dpo_trainer
 
@@ -105,6 +106,11 @@ def train_dpo(
         **config_overrides,
     )
     n_kept, max_length = len(trainer.train_dataset), trainer.args.max_length
+    opened = (
+        count_opened(trainer.train_dataset)
+        if "opened_chosen" in (trainer.train_dataset.column_names or ())
+        else {"chosen": 0, "rejected": 0}
+    )
     t0 = time.perf_counter()
     with torch.enable_grad():  # also when the caller disabled gradients globally
         trainer.train()
@@ -135,6 +141,7 @@ def train_dpo(
         "n_records": len(records),
         "n_trained_records": n_kept,
         "n_steps": n_steps,
+        "opened_cut_answers": opened,
         "train_seconds": round(seconds, 3),
         "processes": processes,
         "settings": dataclasses.asdict(settings),

@@ -2,7 +2,9 @@
 
 * **TRL sees only** ``prompt`` / ``chosen`` / ``rejected``: :func:`to_hf_dataset` drops every
   other column (the ``icon2_*`` ones unless ``keep_provenance=True``), so nothing can collide with
-  TRL's own columns (``tools``, ``images``, ``chat_template_kwargs``, ``ref_*_logps``).
+  TRL's own columns (``tools``, ``images``, ``chat_template_kwargs``, ``ref_*_logps``). With
+  ``cut_answers = "open"`` the two ``icon2_*_finished`` flags ride along until the pairs are
+  tokenized, then go (:mod:`icon2_lens.dpo.ends`).
 * **The caller's objects are never modified.** A directory or embedded-model key is loaded fresh;
   a Hugging Face model is deep-copied; the tokenizer is deep-copied (TRL sets its pad token). A
   TransformerLens ``TransformerBridge`` is never trained: the bridge replaced submodules of its
@@ -39,6 +41,7 @@ from icon2_lens._network import apply_network_defaults
 from icon2_lens.model.load import model_source, resolve_model
 from icon2_lens.pairs.records import PAIR_FIELDS, PROVENANCE_PREFIX, read_pairs, validate_pairs
 
+from .ends import FINISHED_COLUMNS, count_opened, open_cut_answers
 from .settings import DPOSettings, lora_config, require_trl, split_options
 
 if TYPE_CHECKING:
@@ -58,13 +61,17 @@ logger = logging.getLogger(__name__)
 
 
 def to_hf_dataset(
-    records: Sequence[Mapping[str, Any]], *, keep_provenance: bool = False
+    records: Sequence[Mapping[str, Any]],
+    *,
+    keep_provenance: bool = False,
+    keep: Sequence[str] = (),
 ) -> "datasets.Dataset":
     """Validated records as a ``datasets.Dataset`` in TRL's explicit-prompt preference format.
 
     Args:
         records: Preference records (see :func:`validate_pairs`).
         keep_provenance: Keep the ``icon2_*`` columns (for inspection; do not hand them to TRL).
+        keep: Provenance columns to keep anyway, where any record has them (missing: None).
 
     Returns:
         A dataset with the columns ``prompt``, ``chosen``, ``rejected`` (and the ``icon2_*`` ones
@@ -78,11 +85,13 @@ def to_hf_dataset(
     import datasets
 
     validate_pairs(records)
-    keep = [*PAIR_FIELDS, *(_provenance_columns(records) if keep_provenance else [])]
-    others = sorted({k for r in records for k in r} - set(keep) - set(_provenance_columns(records)))
+    provenance = _provenance_columns(records)
+    wanted = provenance if keep_provenance else [c for c in provenance if c in keep]
+    columns = [*PAIR_FIELDS, *wanted]
+    others = sorted({k for r in records for k in r} - set(columns) - set(provenance))
     if others:
         logger.warning("dropping columns TRL must not see: %s", ", ".join(others))
-    return datasets.Dataset.from_list([{k: _plain(r.get(k)) for k in keep} for r in records])
+    return datasets.Dataset.from_list([{k: _plain(r.get(k)) for k in columns} for r in records])
 
 
 def _provenance_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -137,7 +146,10 @@ def make_dpo_trainer(
     apply_network_defaults()  # before TRL is imported: its trainers send telemetry when built
     settings, config_overrides = split_options(settings or DPOSettings(), overrides)
     args = settings.to_dpo_config(output_dir, **config_overrides)
-    dataset = _as_dataset(pairs)
+    open_cut = settings.cut_answers == "open"
+    dataset = to_hf_dataset(
+        as_records(pairs), keep=list(FINISHED_COLUMNS.values()) if open_cut else ()
+    )
     policy, source = _private_model(model)
     tok = _prepare_tokenizer(tokenizer, source)
     _check_chat_template(dataset, tok)
@@ -154,7 +166,7 @@ def make_dpo_trainer(
         else _freeze(copy.deepcopy(policy) if ref_model is None else _private_model(ref_model)[0])
     )
     trl = require_trl()
-    trainer = trl.DPOTrainer(
+    trainer = _trainer_class(trl, open_cut)(
         model=policy,
         ref_model=reference,
         args=args,
@@ -167,6 +179,44 @@ def make_dpo_trainer(
     if message:
         logger.warning(message)
     return trainer
+
+
+def _trainer_class(trl: Any, open_cut: bool) -> type:
+    """``trl.DPOTrainer``, or a subclass that opens cut answers after TRL tokenizes the pairs.
+
+    The subclass hooks TRL's ``_prepare_dataset`` (used by ``__init__`` and ``evaluate`` alike,
+    before any reference log-probabilities are precomputed), so the opened rows are the ones
+    trained and scored.
+    """
+    if not open_cut:
+        return trl.DPOTrainer
+    if not hasattr(trl.DPOTrainer, "_prepare_dataset"):
+        raise ValueError(
+            f"trl {trl.__version__} tokenizes the pairs elsewhere, so cut answers cannot be "
+            "opened; set cut_answers = 'closed' or install trl 1.x"
+        )
+
+    class OpenCutDPOTrainer(trl.DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            prepared = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if not set(FINISHED_COLUMNS.values()) & set(prepared.column_names or ()):
+                return prepared
+            tok = getattr(processing_class, "tokenizer", processing_class)
+            opened = prepared.map(open_cut_answers, fn_kwargs={"tokenizer": tok})
+            opened = opened.remove_columns(
+                [c for c in FINISHED_COLUMNS.values() if c in opened.column_names]
+            )
+            counts = count_opened(opened)
+            logger.info(
+                "%s: %d chosen and %d rejected answers of pairs with an answer cut at the token "
+                "limit train without an end-of-turn token (cut_answers = open)",
+                dataset_name,
+                counts["chosen"],
+                counts["rejected"],
+            )
+            return opened
+
+    return OpenCutDPOTrainer
 
 
 def as_records(pairs: Any) -> list[dict[str, Any]]:
@@ -182,10 +232,6 @@ def as_records(pairs: Any) -> list[dict[str, Any]]:
     raise TypeError(
         f"pairs must be records, a JSONL path or a datasets.Dataset, not {type(pairs).__name__}"
     )
-
-
-def _as_dataset(pairs: Any) -> "datasets.Dataset":
-    return to_hf_dataset(as_records(pairs))
 
 
 def is_bridge(model: Any) -> bool:

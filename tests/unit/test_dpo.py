@@ -196,7 +196,7 @@ def test_settings_validate_and_build_a_cpu_config(tmp_path):
         False,
         False,
     )
-    assert cfg.warmup_steps == 0.1 and cfg.max_steps == 3 and cfg.beta == 0.1
+    assert cfg.warmup_steps == 0.1 and cfg.max_steps == 3 and cfg.beta == DPOSettings().beta
     assert cfg.save_strategy == "no" and cfg.report_to in ("none", [], ["none"])
 
 
@@ -272,7 +272,11 @@ def test_train_dpo_end_to_end_leaves_the_callers_model_alone(tmp_path, tok):
     assert steps[-1]["rewards/margins"] > 0 and steps[-1]["loss"] < steps[0]["loss"]
     assert steps[0]["learning_rate"] == pytest.approx(FAST["learning_rate"])  # no warmup, cosine
     log = json.loads((out / "dpo_log.json").read_text())
-    assert log["n_records"] == 8 and log["n_steps"] == 4 and log["settings"]["beta"] == 0.1
+    assert (
+        log["n_records"] == 8
+        and log["n_steps"] == 4
+        and log["settings"]["beta"] == DPOSettings().beta
+    )
     assert len(log["log_history"]) == len(result.log_history)
     assert (out / "dpo_curves.html").is_file() and not (out / "dpo_curves.png").exists()
 
@@ -412,3 +416,48 @@ def test_sft_weight_adds_a_chosen_likelihood_term_that_keeps_chosen_answers_like
     with pytest.raises(ValueError, match="drop loss_type"):
         DPOSettings(sft_weight=0.5).to_dpo_config("/tmp/unused", loss_type=["ipo"])
     assert DPOSettings().to_dpo_config("/tmp/unused").loss_type == ["sigmoid"]
+
+
+# --- answers cut at the token limit ----------------------------------------------------------
+
+
+def _own_ids(tok, answer) -> list[int]:
+    text = answer if isinstance(answer, str) else answer[-1]["content"]
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("make", [conversational, standard])
+def test_a_pair_with_a_cut_answer_trains_no_end_token_on_either_side(tiny_dir, tmp_path, tok, make):
+    # (chosen finished, rejected finished): cut chosen, cut rejected, both ended, made elsewhere
+    flags = [(False, True), (True, False), (True, True), (None, None)]
+    pairs = [
+        {**r, "icon2_chosen_finished": c, "icon2_rejected_finished": j}
+        for r, (c, j) in zip(make(4), flags)
+    ]
+    built = {
+        mode: make_dpo_trainer(
+            tiny_dir, pairs, output_dir=tmp_path / mode, max_steps=1, cut_answers=mode
+        ).train_dataset
+        for mode in ("open", "closed")
+    }
+    for i, (c, j) in enumerate(flags):
+        for side in ("chosen", "rejected"):
+            closed, opened = built["closed"][i][f"{side}_ids"], built["open"][i][f"{side}_ids"]
+            own = _own_ids(tok, pairs[i][side])
+            assert closed[: len(own)] == own and len(closed) > len(own)  # TRL closes every answer
+            assert opened == (own if False in (c, j) else closed), (i, side)
+    assert not any(col.startswith("icon2_") for col in built["open"].column_names)
+    assert not any(col.startswith("icon2_") for col in built["closed"].column_names)
+
+
+def test_train_dpo_records_the_opened_answers_and_refuses_an_unknown_mode(tiny_dir, tmp_path):
+    pairs = [
+        {**r, "icon2_chosen_finished": i % 2 == 0, "icon2_rejected_finished": True}
+        for i, r in enumerate(conversational(4))
+    ]
+    train_dpo(str(tiny_dir), pairs, tmp_path / "run", max_steps=1, **FAST)
+    log = json.loads((tmp_path / "run" / "dpo_log.json").read_text())
+    assert log["settings"]["cut_answers"] == "open"
+    assert log["opened_cut_answers"] == {"chosen": 2, "rejected": 2}
+    with pytest.raises(ValueError, match="cut_answers"):
+        DPOSettings(cut_answers="half")
