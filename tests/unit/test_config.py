@@ -57,7 +57,7 @@ def test_a_run_folder_written_before_the_redesign_reads_back_as_its_preset(name,
     restored = cls.from_dict(old)
     # settings changed on purpose since (issue 11): judges that read no direction joined the
     # default list, the default run balances criteria, makes one-sided pairs and trains at
-    # β = 0.5; a folder keeps what it recorded
+    # β = 1.0; a folder keeps what it recorded
     changed = {("eval", "judges"), ("filter", "balance"), ("pairs", "gamma_pos"), ("dpo", "beta")}
     for section, key in changed:
         mine, now = getattr(restored, section, None), getattr(preset, section, None)
