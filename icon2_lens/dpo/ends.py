@@ -74,5 +74,12 @@ def open_cut_answers(row: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
 
 
 def count_opened(dataset: Any) -> dict[str, int]:
-    """How many chosen and rejected answers :func:`open_cut_answers` opened in ``dataset``."""
-    return {side: int(sum(dataset[f"opened_{side}"])) for side in FINISHED_COLUMNS}
+    """How many chosen and rejected answers :func:`open_cut_answers` opened in ``dataset``.
+
+    A dataset it never saw (``cut_answers = "closed"``, or pairs without the flags) counts 0.
+    """
+    columns = set(getattr(dataset, "column_names", None) or ())
+    return {
+        side: int(sum(dataset[f"opened_{side}"])) if f"opened_{side}" in columns else 0
+        for side in FINISHED_COLUMNS
+    }

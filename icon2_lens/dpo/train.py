@@ -106,11 +106,7 @@ def train_dpo(
         **config_overrides,
     )
     n_kept, max_length = len(trainer.train_dataset), trainer.args.max_length
-    opened = (
-        count_opened(trainer.train_dataset)
-        if "opened_chosen" in (trainer.train_dataset.column_names or ())
-        else {"chosen": 0, "rejected": 0}
-    )
+    opened = count_opened(trainer.train_dataset)
     t0 = time.perf_counter()
     with torch.enable_grad():  # also when the caller disabled gradients globally
         trainer.train()
