@@ -15,10 +15,11 @@ Usage (from the repository root, after ``icon2-lens run ... --out runs/default``
 
 import argparse
 import json
-import random
 from pathlib import Path
 
+from icon2_lens.consistency.filter import KeptInstruction
 from icon2_lens.evaluate.judging import builtin_eval_records
+from icon2_lens.runs.experiment import draw_unused
 
 
 def _texts(path: Path) -> list[str]:
@@ -33,19 +34,12 @@ def _texts(path: Path) -> list[str]:
 
 def heldout_records(run: Path, n: int, seed: int) -> tuple[list[dict], int]:
     """``n`` records ``{"instruction", "kind": "benign", "index"}`` and how many were eligible."""
-    pool = _texts(run / "filter" / "scores.jsonl")
-    taken = set(_texts(run / "filter" / "kept.jsonl"))
-    taken |= {r["instruction"] for r in builtin_eval_records()}
-    eligible = []
-    for index, text in enumerate(pool):
-        if text not in taken:
-            taken.add(text)
-            eligible.append((index, text))
-    picked = sorted(random.Random(seed).sample(range(len(eligible)), min(n, len(eligible))))
-    records = [
-        {"instruction": eligible[i][1], "kind": "benign", "index": eligible[i][0]} for i in picked
+    pool = [
+        KeptInstruction(i, t, "") for i, t in enumerate(_texts(run / "filter" / "scores.jsonl"))
     ]
-    return records, len(eligible)
+    excluded = set(_texts(run / "filter" / "kept.jsonl"))
+    excluded |= {r["instruction"] for r in builtin_eval_records()}
+    return draw_unused(pool, n, seed, texts=excluded)
 
 
 def main() -> None:

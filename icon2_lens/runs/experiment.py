@@ -27,6 +27,7 @@ kept in ``costs.json``; a resumed stage adds the time of its new work only.
 
 import logging
 import random
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from .config import ExperimentConfig, check_run_dir
 from .report import write_experiment_report
 from .stages import stage_dpo, stage_extract, stage_filter, stage_synthesize
 
-__all__ = ["run_experiment", "load_experiment_config", "synthetic_heldout"]
+__all__ = ["run_experiment", "load_experiment_config", "synthetic_heldout", "draw_unused"]
 
 log = logging.getLogger(__name__)
 
@@ -238,27 +239,49 @@ def synthetic_heldout(
         given |= {k.index for k in kept[: cfg.alignez.n_queries]}
     taken = {k.instruction for k in pool if k.index in given}
     taken |= {r["instruction"] for r in builtin_eval_records()}
-    candidates: list[KeptInstruction] = []
-    for item in pool:
-        if item.index in given or item.instruction in taken:
-            continue
-        taken.add(item.instruction)
-        candidates.append(item)
     want = cfg.eval.n_synthetic
-    if len(candidates) < want:
+    records, eligible = draw_unused(pool, want, cfg.eval.seed, indices=given, texts=taken)
+    if eligible < want:
         log.warning(
             "only %d synthesized instructions were given to no source, fewer than "
             "eval.n_synthetic=%d: judging on all of them",
-            len(candidates),
+            eligible,
             want,
         )
-    picked = sorted(
-        random.Random(cfg.eval.seed).sample(range(len(candidates)), min(want, len(candidates)))
-    )
-    return [
+    return records
+
+
+def draw_unused(
+    pool: Sequence[KeptInstruction],
+    n: int,
+    seed: int,
+    *,
+    indices: Collection[int] = (),
+    texts: Collection[str] = (),
+) -> tuple[list[dict[str, Any]], int]:
+    """``n`` pool instructions drawn at random, none excluded by index or text, none repeated.
+
+    Returns the records ``{"instruction", "kind": "benign", "index"}`` in pool order and how many
+    instructions were eligible (``n`` is capped there).
+
+    Example:
+        >>> pool = [KeptInstruction(i, t, "general") for i, t in enumerate("abcab")]
+        >>> draw_unused(pool, 5, 0, indices={0}, texts={"c"})
+        ([{'instruction': 'b', 'kind': 'benign', 'index': 1}, {'instruction': 'a', 'kind': 'benign', 'index': 3}], 2)
+    """
+    indices, taken = set(indices), set(texts)
+    candidates: list[KeptInstruction] = []
+    for item in pool:
+        if item.index in indices or item.instruction in taken:
+            continue
+        taken.add(item.instruction)
+        candidates.append(item)
+    picked = sorted(random.Random(seed).sample(range(len(candidates)), min(n, len(candidates))))
+    records = [
         {"instruction": candidates[i].instruction, "kind": "benign", "index": candidates[i].index}
         for i in picked
     ]
+    return records, len(candidates)
 
 
 def run_experiment(
