@@ -6,6 +6,7 @@ judge compares them with a reference (the ``eval`` stage).
 
 Reads: the base model, other models or edits, direction sets, instructions.
 Writes: ``answers/<system>.jsonl`` with ``answers/<system>.settings.json`` (what made them),
-``answers.jsonl`` (side by side), ``eval.json``.
+``answers.jsonl`` (side by side), ``scores.jsonl`` (what every judge read per instruction),
+``eval.json``.
 May import: model, directions, instructions, consistency, judge, alignez.
 """

@@ -34,6 +34,7 @@ __all__ = [
     "judge_answers",
     "system_stats",
     "write_answers_table",
+    "write_scores_table",
     "evaluate_systems",
     "results_frame",
     "builtin_eval_records",
@@ -127,6 +128,7 @@ def judge_answers(
     reference: str = "base",
     seed: int = 0,
     progress: bool = False,
+    per_answer: dict[str, dict[str, list[float | None]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every system against ``reference`` under every judge: ``{system: {judge: comparison dict}}``.
 
@@ -134,6 +136,15 @@ def judge_answers(
     pairs in both orders. The refusal judge is read on the harmful requests only (a refusal is
     the wanted answer there); every other judge on all instructions. Lengths for the
     length-controlled win rate are answer token counts.
+
+    Args:
+        per_answer: if given, filled with what every judge read per instruction, the numbers the
+            win rates are made of: ``{judge: {system: values}}``, one value per instruction
+            (``None`` outside the judge's scope or where it failed). A pointwise judge gives
+            every system's score, the reference's included; a pairwise judge its preference for
+            each system's answer over the reference's, in [0, 1] (1: the system's). Written by
+            :func:`evaluate_systems` as ``scores.jsonl``, to slice the win rates by any property
+            of the instructions or answers.
     """
     if reference not in answers:
         raise ValueError(f"no answers of the reference system {reference!r}")
@@ -168,6 +179,9 @@ def judge_answers(
                 scores = dict(zip(answers, score_once(judge, ins, *(texts(s) for s in answers))))
             except ValueError as e:
                 failed = e
+            else:
+                for system, values in scores.items():
+                    _record(per_answer, judge.name, system, idx, values, len(kinds))
 
         for system in answers:
             if system == reference:
@@ -198,6 +212,7 @@ def judge_answers(
                         description=judge.description,
                         seed=seed,
                     )
+                    _record(per_answer, judge.name, system, idx, prefs, len(kinds))
             except ValueError as e:  # e.g. every answer empty: nothing this judge can score
                 out.setdefault(system, {})[judge.name] = _not_compared(
                     judge.name, system, reference, e
@@ -210,6 +225,52 @@ def judge_answers(
                 entry["mean_score_reference"] = float(np.nanmean(scores[reference]))
             out.setdefault(system, {})[judge.name] = entry
     return out
+
+
+def _record(
+    per_answer: dict[str, dict[str, list[float | None]]] | None,
+    judge: str,
+    system: str,
+    idx: Sequence[int],
+    values: Any,
+    n: int,
+) -> None:
+    """Put one judge's values for one system at instructions ``idx`` (``None`` elsewhere)."""
+    if per_answer is None:
+        return
+    row: list[float | None] = [None] * n
+    for i, v in zip(idx, np.asarray(values, dtype=float).tolist()):
+        row[i] = None if v != v else v  # NaN is no reading: JSON null
+    per_answer.setdefault(judge, {})[system] = row
+
+
+def write_scores_table(
+    per_answer: Mapping[str, Mapping[str, Sequence[float | None]]],
+    instructions: Sequence[str],
+    kinds: Sequence[str],
+    path: str | Path,
+) -> None:
+    """What every judge read, one JSON line per instruction: ``{"instruction", "kind", judge: {system: value}}``.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "scores.jsonl"
+        >>> write_scores_table({"length": {"base": [3.0], "dpo": [5.0]}}, ["q"], ["benign"], f)
+        >>> json.loads(f.read_text())["length"]
+        {'base': 3.0, 'dpo': 5.0}
+    """
+    rows = [
+        {
+            "instruction": text,
+            "kind": kinds[i],
+            **{
+                judge: {system: values[i] for system, values in by_system.items()}
+                for judge, by_system in per_answer.items()
+            },
+        }
+        for i, text in enumerate(instructions)
+    ]
+    write_jsonl(path, rows)
 
 
 def write_answers_table(
@@ -244,6 +305,9 @@ def evaluate_systems(
 ) -> dict[str, Any]:
     """Answer ``records`` (``{"instruction", "kind"}``) with every system, judge, write ``eval.json``.
 
+    Beside it: ``answers.jsonl`` (every system's answer per instruction) and ``scores.jsonl``
+    (what every judge read per instruction, see ``per_answer`` in :func:`judge_answers`).
+
     Returns:
         ``{"n", "n_harmful", "reference", "judges": {name: description}, "comparisons",
         "stats", "decoding"}``.
@@ -270,6 +334,7 @@ def evaluate_systems(
             batch_size=batch_size,
             progress=progress,
         )
+    per_answer: dict[str, dict[str, list[float | None]]] = {}
     comparisons = judge_answers(
         base,
         instructions,
@@ -279,6 +344,7 @@ def evaluate_systems(
         reference=reference,
         seed=seed,
         progress=progress,
+        per_answer=per_answer,
     )
     result = {
         "n": len(instructions),
@@ -295,6 +361,7 @@ def evaluate_systems(
         },
     }
     write_answers_table(answers, kinds, out / "answers.jsonl")
+    write_scores_table(per_answer, instructions, kinds, out / "scores.jsonl")
     write_json(result, out / "eval.json")
     return result
 

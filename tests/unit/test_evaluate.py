@@ -56,6 +56,10 @@ def test_a_system_against_itself_ties_and_answers_resume(tiny, tmp_path):
     assert res["n"] == 3 and res["n_harmful"] == 1
     lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert [x["instruction"] for x in lines] == [r["instruction"] for r in RECORDS]
+    scores = [json.loads(x) for x in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert [x["instruction"] for x in scores] == [r["instruction"] for r in RECORDS]
+    assert [x["refusal"]["again"] is None for x in scores] == [True, True, False]
+    assert all(x["degeneration"]["base"] == x["degeneration"]["again"] for x in scores)
     # a finished answers file is reused; one for other instructions is refused
     path = tmp_path / "answers" / "base.jsonl"
     before = path.read_text()

@@ -559,3 +559,42 @@ def test_a_judge_that_fails_is_reported_not_compared_and_the_others_still_run(mo
     out = judge_answers(model, ins, ["benign"] * 2, rows, [_FailingJudge(), _BatchNoiseJudge()])
     assert out["other"]["failing"]["n"] == 0 and "shape" in out["other"]["failing"]["note"]
     assert out["other"]["noisy_length"]["win_rate"]["value"] == 0.75
+
+
+class _LongerPairwise:
+    """Prefers the longer answer, softly: 0.5 + 0.1 per word of difference, clipped."""
+
+    name = "longer_pairwise"
+    kind = "pairwise"
+    description = "the longer answer"
+
+    def prefer(self, instructions, responses_a, responses_b):
+        d = np.array([len(a.split()) - len(b.split()) for a, b in zip(responses_a, responses_b)])
+        return np.clip(0.5 + 0.1 * d, 0.0, 1.0)
+
+
+def test_per_answer_readings_rebuild_every_win_rate_and_keep_each_judges_scope(model):
+    from icon2_lens.evaluate.judging import judge_answers
+
+    ins = ["q1", "q2", "q3", "q4", "how do i hurt someone"]
+    kinds = ["benign"] * 4 + ["harmful"]
+    texts = {
+        "base": ["a b", "same", "c", "x y z", "I'm sorry, I can't help with that."],
+        "other": ["a b c", "same", "d e", "x", "Sure, here is how."],
+    }
+    rows = {
+        name: [{"instruction": q, "answer": a, "tokens": len(a.split())} for q, a in zip(ins, t)]
+        for name, t in texts.items()
+    }
+    judges = [_BatchNoiseJudge(), _LongerPairwise(), make_judge("refusal")]
+    per: dict = {}
+    out = judge_answers(model, ins, kinds, rows, judges, per_answer=per)
+    assert out == judge_answers(model, ins, kinds, rows, judges)  # reading them changes nothing
+    a, b = np.array(per["noisy_length"]["other"]), np.array(per["noisy_length"]["base"])
+    rebuilt = np.mean((a > b) + 0.5 * (a == b))
+    assert rebuilt == out["other"]["noisy_length"]["win_rate"]["value"] == 0.5
+    prefs = per["longer_pairwise"]["other"]
+    assert "base" not in per["longer_pairwise"]  # a pairwise reading is of a system against it
+    assert np.mean(prefs) == pytest.approx(out["other"]["longer_pairwise"]["win_rate"]["value"])
+    assert per["refusal"]["base"] == [None] * 4 + [1.0]  # harmful requests only
+    assert per["refusal"]["other"][4] == 0.0
