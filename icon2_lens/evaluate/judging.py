@@ -140,11 +140,11 @@ def judge_answers(
     Args:
         per_answer: if given, filled with what every judge read per instruction, the numbers the
             win rates are made of: ``{judge: {system: values}}``, one value per instruction
-            (``None`` outside the judge's scope or where it failed). A pointwise judge gives
-            every system's score, the reference's included; a pairwise judge its preference for
-            each system's answer over the reference's, in [0, 1] (1: the system's). Written by
-            :func:`evaluate_systems` as ``scores.jsonl``, to slice the win rates by any property
-            of the instructions or answers.
+            (``None`` outside the judge's scope; a comparison that failed is left out). A
+            pointwise judge gives every system's score, the reference's included; a pairwise
+            judge its preference for each system's answer over the reference's, in [0, 1] (1:
+            the system's). Written by :func:`evaluate_systems` as ``scores.jsonl``, to slice the
+            win rates by any property of the instructions or answers.
     """
     if reference not in answers:
         raise ValueError(f"no answers of the reference system {reference!r}")

@@ -556,8 +556,11 @@ def test_a_judge_that_fails_is_reported_not_compared_and_the_others_still_run(mo
     }
     with pytest.raises(ValueError, match="returned scores of shape"):
         compare_systems(_FailingJudge(), ins, ["a", "b"], ["c", "d"], n_boot=20)
-    out = judge_answers(model, ins, ["benign"] * 2, rows, [_FailingJudge(), _BatchNoiseJudge()])
+    per: dict = {}
+    judges = [_FailingJudge(), _BatchNoiseJudge()]
+    out = judge_answers(model, ins, ["benign"] * 2, rows, judges, per_answer=per)
     assert out["other"]["failing"]["n"] == 0 and "shape" in out["other"]["failing"]["note"]
+    assert set(per) == {"noisy_length"}  # no readings of a judge that failed
     assert out["other"]["noisy_length"]["win_rate"]["value"] == 0.75
 
 
