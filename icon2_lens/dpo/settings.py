@@ -61,8 +61,8 @@ class DPOSettings:
 
     β is 1.0 rather than the paper's 0.1: on the embedded model a stronger pull towards the
     starting weights kept the gain in relevance on 320 held-out instructions and shrank the loss
-    of fluency that weaker pulls showed there, though on 400 other held-out instructions both
-    fluency judges still find the trained model less fluent than the base (docs/results.md).
+    of fluency that weaker pulls showed there; on 400 instructions from another synthesis no judge
+    that reads no direction finds the trained model worse than the base (docs/results.md).
 
     Example:
         >>> DPOSettings(beta=0.2).learning_rate

@@ -18,7 +18,7 @@ from torch import Tensor
 from icon2_lens._types import LensModel
 from icon2_lens.consistency.scores import score_consistency
 from icon2_lens.directions.set import DirectionSet
-from icon2_lens.model.read import read_responses
+from icon2_lens.model.read import check_skip_repeats, read_responses
 
 from .base import Scores, check_lengths
 
@@ -270,6 +270,18 @@ class InherentJudge:
 class FluencyJudge:
     """Minus the mean NLL per response token under the (unsteered) model; NaN for an empty response.
 
+    Tokens that repeat the answer's own text (that complete a token ``skip_repeats``-gram already
+    present earlier in it) are left out of the mean: a language model finds a repetition loop
+    likely, so counted in full a looping answer reads as more fluent than one that goes on saying
+    something new. With them left out, a loop scores what its first pass scores; whether an answer
+    loops is the ``repetition`` and ``degeneration`` judges' reading. ``skip_repeats=0`` averages
+    every token (the reading before this rule).
+
+    Args:
+        model: The bridge that reads.
+        batch_size: Rows per forward pass.
+        skip_repeats: ``n`` of the token n-grams whose repeats are left out; 0 keeps every token.
+
     Example:
         >>> from icon2_lens.testing import tiny_model
         >>> s = FluencyJudge(tiny_model()).score(["tell me a story"] * 2, ["the cat sat on the mat", ""])
@@ -279,14 +291,24 @@ class FluencyJudge:
 
     name = "fluency"
     kind: Literal["pointwise"] = "pointwise"
-    description = (
-        "minus the mean negative log-likelihood per response token under the unsteered model, "
-        "instruction in its chat template; higher = more fluent to the model"
-    )
+    reader = "the unsteered model"
 
-    def __init__(self, model: LensModel, *, batch_size: int = 8) -> None:
+    def __init__(self, model: LensModel, *, batch_size: int = 8, skip_repeats: int = 4) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.skip_repeats = check_skip_repeats(skip_repeats)
+
+    @property
+    def description(self) -> str:
+        left_out = (
+            f"tokens that repeat a {self.skip_repeats}-gram of the answer left out"
+            if self.skip_repeats
+            else "every token counted"
+        )
+        return (
+            f"minus the mean negative log-likelihood per response token under {self.reader} "
+            f"({left_out}), instruction in its chat template; higher = more fluent to that model"
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -296,7 +318,13 @@ class FluencyJudge:
         if check_lengths(instructions, responses) == 0:
             return np.empty(0)
         res = read_responses(
-            self.model, instructions, responses, layers=[0], batch_size=self.batch_size, nll=True
+            self.model,
+            instructions,
+            responses,
+            layers=[0],
+            batch_size=self.batch_size,
+            nll=True,
+            skip_repeats=self.skip_repeats,
         )
         return -res.nll.to(torch.float64).numpy()
 
@@ -321,12 +349,14 @@ class PeerFluencyJudge(FluencyJudge):
     no such stake. Minus the mean NLL per response token under ``peer`` (its own tokenizer and chat
     template; a peer loaded here without one, a base model, reads plain "User:" / "Assistant:"
     turns, :data:`PLAIN_CHAT_TEMPLATE`); NaN for an empty response. When the judged systems come
-    from the peer itself (a run on ``gemma3-270m``), pass another ``peer``.
+    from the peer itself (a run on ``gemma3-270m``), pass another ``peer``. Repeats are left out
+    as in :class:`FluencyJudge`.
 
     Args:
         model: Ignored (the judged model does not read); accepted so every judge is built alike.
         peer: An embedded key, HF directory or hub id (loaded on first use), or a loaded model.
         batch_size: Rows per forward pass.
+        skip_repeats: ``n`` of the token n-grams whose repeats are left out; 0 keeps every token.
 
     Example:
         >>> from icon2_lens.testing import tiny_model
@@ -336,17 +366,19 @@ class PeerFluencyJudge(FluencyJudge):
     """
 
     name = "peer_fluency"
-    description = (
-        "minus the mean negative log-likelihood per response token under a second model that "
-        f"wrote none of the answers ({PEER_MODEL} unless set), instruction in its chat template; "
-        "higher = more fluent to that model"
-    )
+    reader = f"a second model that wrote none of the answers ({PEER_MODEL} unless set)"
 
     def __init__(
-        self, model: Any = None, *, peer: str | LensModel = PEER_MODEL, batch_size: int = 8
+        self,
+        model: Any = None,
+        *,
+        peer: str | LensModel = PEER_MODEL,
+        batch_size: int = 8,
+        skip_repeats: int = 4,
     ) -> None:
         self.peer = peer
         self.batch_size = batch_size
+        self.skip_repeats = check_skip_repeats(skip_repeats)
         self._model = None if isinstance(peer, str) else peer
 
     @property

@@ -14,7 +14,8 @@ name                      kind         what it reads (higher = ...)
                                        better, both orders averaged (preferred by the model)
 ``relevance``             pointwise    log p(answer | request) − log p(answer | empty request) per
                                        token (more specific to its request)
-``fluency``               pointwise    −mean NLL per response token (more fluent to the model)
+``fluency``               pointwise    −mean NLL per response token, tokens that repeat a 4-gram of
+                                       the answer left out (more fluent to the model)
 ``peer_fluency``          pointwise    the same under a second model that wrote none of the answers
                                        (gemma3-270m unless ``peer`` is given)
 ``degeneration``          pointwise    1 usable, 0 empty or a repetition loop
@@ -86,12 +87,14 @@ JUDGES: dict[str, JudgeSpec] = {
         JudgeSpec(
             "relevance", RelevanceJudge, "model", "PMI of request and answer, per answer token"
         ),
-        JudgeSpec("fluency", FluencyJudge, "model", "minus mean NLL per response token"),
+        JudgeSpec(
+            "fluency", FluencyJudge, "model", "minus mean NLL per new (non-repeating) answer token"
+        ),
         JudgeSpec(
             "peer_fluency",
             PeerFluencyJudge,
             "nothing",
-            "minus mean NLL per response token under a second model",
+            "minus mean NLL per new answer token under a second model",
         ),
         JudgeSpec("degeneration", DegenerationJudge, "tokenizer", "1 usable, 0 empty or looping"),
         JudgeSpec("refusal", RefusalJudge, "nothing", "1 if the opening matches a refusal pattern"),

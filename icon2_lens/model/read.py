@@ -31,7 +31,7 @@ from .cost import count_forward
 from .hooks import check_site, normalize_layers, resid_hook_name
 from .twin import FAST_SITES, StopForward, block_modules, fast_twin, register_site_hook
 
-__all__ = ["read_responses", "ResponseReadings", "READS"]
+__all__ = ["read_responses", "ResponseReadings", "READS", "novel_tokens", "check_skip_repeats"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,36 @@ class ResponseReadings:
         u = torch.stack([directions[x] for x in use]).to(torch.float32)
         idx = [self.layers.index(x) for x in use]
         return torch.einsum("nld,ld->n", self.readings[:, idx], u) / len(use)
+
+
+def check_skip_repeats(n: object) -> int:
+    """``n`` if it is a valid ``skip_repeats`` (an integer >= 0), else a ValueError naming the fix."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"skip_repeats must be an integer >= 0 (0 keeps every token), got {n!r}")
+    return n
+
+
+def novel_tokens(tokens: Sequence[int], n: int) -> list[bool]:
+    """Per token, whether it does *not* complete a token ``n``-gram seen earlier in ``tokens``.
+
+    The first ``n - 1`` tokens are always novel; with ``n = 0`` every token is.
+
+    Example:
+        >>> novel_tokens([5, 6, 7, 5, 6, 7, 5, 6], 2)
+        [True, True, True, True, False, False, False, False]
+    """
+    if n <= 0:
+        return [True] * len(tokens)
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for t in range(len(tokens)):
+        if t < n - 1:
+            out.append(True)
+            continue
+        gram = tuple(tokens[t - n + 1 : t + 1])
+        out.append(gram not in seen)
+        seen.add(gram)
+    return out
 
 
 def _rows(model: LensModel, instructions: Sequence[str], responses: Sequence[str]):
@@ -173,6 +203,7 @@ def read_responses(
     backend: str = "auto",
     nll: bool = True,
     temperature: float | None = None,
+    skip_repeats: int = 0,
     progress: bool = False,
 ) -> ResponseReadings:
     """One forward pass per response under the unsteered model: residual readings, NLL and length.
@@ -195,6 +226,10 @@ def read_responses(
             layer read; ``nll`` is then NaN).
         temperature: Also the mean NLL per token with the logits divided by this
             (``nll_tempered``; needs ``nll``).
+        skip_repeats: With ``n > 0``, the NLL averages only the response tokens that do not
+            complete a token ``n``-gram already present earlier in the response
+            (:func:`novel_tokens`): a repetition loop is likely text to any model, and counted
+            in the mean it would read as fluent. ``0`` averages every token.
         progress: Show a progress bar.
     """
     n = len(responses)
@@ -205,6 +240,7 @@ def read_responses(
     if read not in READS:
         raise ValueError(f"unknown read {read!r}; use one of {', '.join(READS)}")
     check_site(site)
+    check_skip_repeats(skip_repeats)
     if temperature is not None and not (nll and math.isfinite(temperature) and temperature > 0):
         raise ValueError(
             f"temperature must be a positive number read with nll=True, got {temperature!r}"
@@ -242,9 +278,10 @@ def read_responses(
             if k and logits is not None:
                 z = logits[b, keep - k - 1 : keep - 1].float()
                 target = ids[b, width - k :].view(-1, 1)
-                nlls[i] = -torch.log_softmax(z, dim=-1).gather(-1, target).mean()
+                use = torch.tensor(novel_tokens(answers[i], skip_repeats))
+                nlls[i] = -torch.log_softmax(z, dim=-1).gather(-1, target)[use].mean()
                 if tempered is not None:
                     z = z / temperature
-                    tempered[i] = -torch.log_softmax(z, dim=-1).gather(-1, target).mean()
+                    tempered[i] = -torch.log_softmax(z, dim=-1).gather(-1, target)[use].mean()
     lengths = torch.tensor([float(len(a)) for a in answers])
     return ResponseReadings(list(layers), site, read, readings, nlls, lengths, tempered)

@@ -219,6 +219,41 @@ def test_fluency_is_minus_the_nll_and_nan_when_empty(model):
     assert np.allclose(scores[:3], -nll, rtol=1e-5, atol=1e-5) and np.isnan(scores[3])
 
 
+def test_novel_tokens_marks_what_repeats_an_earlier_ngram():
+    from icon2_lens.model.read import novel_tokens
+
+    assert novel_tokens([1, 2, 3, 4, 5, 6], 4) == [True] * 6
+    once = [7, 3, 9, 1, 4, 8]
+    marks = novel_tokens(once * 3, 4)
+    # the first pass and the three tokens where the second copy joins it are new; the rest repeat
+    assert marks[:9] == [True] * 9 and not any(marks[9:])
+    assert novel_tokens(once * 3, 0) == [True] * 18
+
+
+def test_fluency_leaves_out_what_repeats_the_answer_so_a_loop_does_not_read_fluent(
+    copying_model,
+):
+    request = ["tell me a story about today"]
+    once, plain = "a happy bird sat on my mat", "the cat is kind and good"
+    loop = " ".join([once] * 4)
+    every = FluencyJudge(copying_model, skip_repeats=0)
+    novel = FluencyJudge(copying_model)
+    # the first pass and the three words where the second copy joins it: no 4-gram repeats yet
+    joined = once + " a happy bird"
+    # the copying model finds its own loop likely: counted in full, looping raises fluency a lot
+    assert every.score(request, [loop])[0] > every.score(request, [joined])[0] + 1.0
+    # left out, the loop scores exactly what its tokens before the first repeat score
+    assert novel.score(request, [loop])[0] == pytest.approx(
+        every.score(request, [joined])[0], rel=1e-5
+    )
+    # an answer without a repeated 4-gram reads the same either way
+    assert novel.score(request, [plain])[0] == pytest.approx(every.score(request, [plain])[0])
+    assert "left out" in novel.description and "every token" in every.description
+    for bad in (-1, True):
+        with pytest.raises(ValueError, match="skip_repeats must be an integer"):
+            FluencyJudge(copying_model, skip_repeats=bad)
+
+
 def test_identical_responses_win_half_under_a_pointwise_judge(model):
     c = compare_systems(FluencyJudge(model), INS, RES_A, RES_A, n_boot=200)
     assert c.win_rate.value == 0.5 and c.win_rate.low == 0.5 and c.lc_win_rate.value == 0.5
