@@ -18,7 +18,7 @@ from torch import Tensor
 from icon2_lens._types import LensModel
 from icon2_lens.consistency.scores import score_consistency
 from icon2_lens.directions.set import DirectionSet
-from icon2_lens.model.read import check_skip_repeats, read_responses
+from icon2_lens.model.read import REPEAT_NGRAM, check_skip_repeats, read_responses
 
 from .base import Scores, check_lengths
 
@@ -293,7 +293,9 @@ class FluencyJudge:
     kind: Literal["pointwise"] = "pointwise"
     reader = "the unsteered model"
 
-    def __init__(self, model: LensModel, *, batch_size: int = 8, skip_repeats: int = 4) -> None:
+    def __init__(
+        self, model: LensModel, *, batch_size: int = 8, skip_repeats: int = REPEAT_NGRAM
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
         self.skip_repeats = check_skip_repeats(skip_repeats)
@@ -374,7 +376,7 @@ class PeerFluencyJudge(FluencyJudge):
         *,
         peer: str | LensModel = PEER_MODEL,
         batch_size: int = 8,
-        skip_repeats: int = 4,
+        skip_repeats: int = REPEAT_NGRAM,
     ) -> None:
         self.peer = peer
         self.batch_size = batch_size

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from icon2_lens.model.read import REPEAT_NGRAM, novel_tokens
+
 from .base import Scores, check_lengths
 
 __all__ = [
@@ -26,12 +28,10 @@ __all__ = [
 ]
 
 
-def repetition_rate(tokens: Sequence[int], n: int = 4) -> float:
+def repetition_rate(tokens: Sequence[int], n: int = REPEAT_NGRAM) -> float:
     """Share of the token ``n``-grams that repeat an earlier one (0.0 for short texts)."""
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
+    ends = novel_tokens(tokens, n)[n - 1 :]  # one mark per n-gram, at its last token
+    return ends.count(False) / len(ends) if ends else 0.0
 
 
 def degeneracy(

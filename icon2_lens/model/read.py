@@ -31,12 +31,23 @@ from .cost import count_forward
 from .hooks import check_site, normalize_layers, resid_hook_name
 from .twin import FAST_SITES, StopForward, block_modules, fast_twin, register_site_hook
 
-__all__ = ["read_responses", "ResponseReadings", "READS", "novel_tokens", "check_skip_repeats"]
+__all__ = [
+    "read_responses",
+    "ResponseReadings",
+    "READS",
+    "REPEAT_NGRAM",
+    "novel_tokens",
+    "check_skip_repeats",
+]
 
 log = logging.getLogger(__name__)
 
 
 READS: tuple[str, ...] = ("last", "mean")
+
+#: The token n-gram whose repeats make text a loop: what the degeneration rule counts
+#: (:func:`icon2_lens.judge.rules.repetition_rate`) and what the fluency judges leave out.
+REPEAT_NGRAM = 4
 
 
 @dataclass
